@@ -1,0 +1,299 @@
+"""The parameters model: one validated pydantic model for every run.
+
+A parameters file (``parameters/*.yaml``) is validated here before anything runs. Unknown keys,
+wrong types and missing fields stop the run with one line naming the file and the field.
+
+Secrets are never written into the YAML: a password or token is a ``SecretRef`` naming an
+environment variable or a file, resolved only when a connection is opened. A DSN or URL that
+carries a password inline is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from .errors import SecretError, SettingsError
+from .signals import CATALOG, DEFAULT_SIGNALS
+
+
+def project_root() -> Path:
+    """Where ``parameters/``, ``fixtures/`` and ``runs/`` live: $RUNBOOK_HOME or the source checkout."""
+    env = os.environ.get("RUNBOOK_HOME")
+    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent
+
+
+def resolve_path(p: str | Path) -> Path:
+    """Relative paths in parameters are relative to the project root, wherever the kernel runs."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Model):
+    """Where a secret comes from: ``{env: NAME}`` or ``{file: /path}``. The value itself never is here."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.env) == bool(self.file):
+            raise ValueError("a secret reference needs exactly one of 'env' or 'file'")
+        return self
+
+    def reveal(self) -> SecretStr:
+        if self.env:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise SecretError(f"environment variable {self.env} is not set")
+            return SecretStr(value)
+        path = resolve_path(self.file)  # type: ignore[arg-type]
+        try:
+            return SecretStr(path.read_text().strip())
+        except OSError as e:
+            raise SecretError(f"secret file {self.file} cannot be read: {e.strerror}") from None
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env else f"file:{self.file}"
+
+
+class Incident(_Model):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+    title: str
+    service: str = "api"
+    severity: Literal["sev1", "sev2", "sev3", "sev4"] = "sev2"
+
+
+class FixtureSource(_Model):
+    kind: Literal["fixture"]
+    bundle: str = Field(description="folder of the incident bundle, relative to the project root")
+
+
+class PrometheusSource(_Model):
+    kind: Literal["prometheus"]
+    url: str
+    queries: dict[str, str] = Field(description="signal name -> PromQL returning one series")
+    bearer_token: SecretRef | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    verify_tls: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _no_inline_credentials(cls, v: str) -> str:
+        return _refuse_inline_password(v, "source.bearer_token")
+
+    @field_validator("queries")
+    @classmethod
+    def _known_signals(cls, v: dict[str, str]) -> dict[str, str]:
+        _check_signal_names(v.keys())
+        return v
+
+
+class CloudWatchMetric(_Model):
+    namespace: str = "AWS/RDS"
+    metric: str
+    dimensions: dict[str, str] = {}
+    stat: str = "Average"
+    scale: float = Field(1.0, description="multiply the value, e.g. 100 -> ratio for CPUUtilization percent: 0.01")
+
+
+class CloudWatchSource(_Model):
+    kind: Literal["cloudwatch"]
+    region: str = "us-east-1"
+    endpoint_url: str | None = Field(None, description="e.g. a moto server; empty for real AWS")
+    metrics: dict[str, CloudWatchMetric]
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_signals(cls, v):
+        _check_signal_names(v.keys())
+        return v
+
+
+Source = Annotated[Union[FixtureSource, PrometheusSource, CloudWatchSource], Field(discriminator="kind")]
+
+
+class Window(_Model):
+    """The analysis range. For a fixture bundle it defaults to the whole bundle."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    last: str | None = Field(None, pattern=r"^\d+[smhd]$", description="instead of start/end: e.g. '3h' before now")
+    step_seconds: int = Field(30, ge=1, le=3600)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, v: datetime | None):
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        return v
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.start and self.end and self.end <= self.start:
+            raise ValueError("window.end must be after window.start")
+        if self.last and (self.start or self.end):
+            raise ValueError("give either window.last or window.start/end, not both")
+        return self
+
+
+class Slo(_Model):
+    latency_p95_ms: float = Field(100.0, gt=0)
+    error_ratio: float = Field(0.01, ge=0, le=1)
+    cache_hit_ratio: float = Field(0.80, ge=0, le=1)
+
+
+class Remediation(_Model):
+    apply: bool = False
+    approved_by: str | None = None
+    change_ticket: str | None = None
+    auto_rollback: bool = False
+
+
+class Postgres(_Model):
+    dsn: str = Field(description="libpq DSN or URL without a password")
+    password: SecretRef | None = None
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_inline_password(cls, v: str) -> str:
+        if re.search(r"(^|\s)password\s*=", v):
+            raise ValueError("the DSN carries a password; move it to postgres.password: {env: NAME}")
+        return _refuse_inline_password(v, "postgres.password") if "://" in v else v
+
+
+class Redis(_Model):
+    url: str
+    password: SecretRef | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_inline_password(cls, v: str) -> str:
+        return _refuse_inline_password(v, "redis.password")
+
+
+class Settings(_Model):
+    incident: Incident
+    mode: Literal["fixture", "lab", "live"] = "fixture"
+    source: Source
+    window: Window = Window()
+    signals: list[str] = list(DEFAULT_SIGNALS)
+    slo: Slo = Slo()
+    remediation: Remediation = Remediation()
+    postgres: Postgres | None = None
+    redis: Redis | None = None
+
+    @field_validator("signals")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        _check_signal_names(v)
+        if len(set(v)) != len(v):
+            raise ValueError("a signal is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _live_needs_approval(self):
+        if self.mode == "live" and self.remediation.apply:
+            if not (self.remediation.approved_by and self.remediation.change_ticket):
+                raise ValueError("live mode with remediation.apply: true needs remediation.approved_by "
+                                 "and remediation.change_ticket")
+        return self
+
+    @model_validator(mode="after")
+    def _signals_have_a_query(self):
+        src = self.source
+        mapping = getattr(src, "queries", None) or getattr(src, "metrics", None)
+        if mapping is not None:
+            missing = [s for s in self.signals if s not in mapping]
+            if missing:
+                raise ValueError(f"signals {missing} have no query in source.{'queries' if src.kind == 'prometheus' else 'metrics'}")
+        return self
+
+
+def _check_signal_names(names) -> None:
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        raise ValueError(f"unknown signal {', '.join(map(repr, unknown))}; known: {', '.join(CATALOG)}")
+
+
+def _refuse_inline_password(url: str, field: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise ValueError(f"not a URL: {e}") from None
+    if parts.password:
+        raise ValueError(f"the URL carries a password; move it to {field}: {{env: NAME}}")
+    return url
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+SECTIONS: tuple[str, ...] = tuple(Settings.model_fields)
+
+
+def _format_error(where: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"]]
+        if loc[:1] == ["source"] and len(loc) > 1 and loc[1] in ("fixture", "prometheus", "cloudwatch"):
+            del loc[1]  # the discriminator tag is noise to the reader
+        loc = ".".join(loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        parts.append(f"{loc or '(top level)'}: {msg}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SettingsError(f"parameters file {path} does not exist", hint="pass -p parameters/<name>.yaml") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SettingsError(f"{where}: not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def load_settings(path: str | Path, overrides: dict[str, Any] | None = None) -> Settings:
+    """Validate ``path`` (plus per-section ``overrides``, e.g. injected by papermill)."""
+    path = Path(path)
+    data = read_yaml(path)
+    extra = {k: v for k, v in (overrides or {}).items() if k in SECTIONS and v is not None}
+    data.update(extra)
+    where = display_path(path) + (" (+ notebook parameters " + ", ".join(sorted(extra)) + ")" if extra else "")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise SettingsError(_format_error(where, e)) from None
+
+
+def display_path(path: str | Path) -> str:
+    """A path as the user should see it: relative to the project root when inside it (stable in outputs)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(project_root()))
+    except ValueError:
+        return str(p)
