@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .errors import SecretError, SettingsError
+from .redact import register_secret
 from .signals import CATALOG, DEFAULT_SIGNALS
 
 
@@ -57,10 +58,13 @@ class SecretRef(_Model):
             value = os.environ.get(self.env)
             if value is None:
                 raise SecretError(f"environment variable {self.env} is not set")
+            register_secret(value)
             return SecretStr(value)
         path = resolve_path(self.file)  # type: ignore[arg-type]
         try:
-            return SecretStr(path.read_text().strip())
+            value = path.read_text().strip()
+            register_secret(value)
+            return SecretStr(value)
         except OSError as e:
             raise SecretError(f"secret file {self.file} cannot be read: {e.strerror}") from None
 
