@@ -1,0 +1,83 @@
+"""Shared fixtures: private servers on free loopback ports, always stopped by PID afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from runbook_lib.services import PostgresServer, PrometheusServer, RedisServer
+
+
+def make_server_dir(prefix: str) -> Path:
+    """A folder the postgres user can enter (pytest's tmp_path is 0700 under /tmp/pytest-of-root)."""
+    d = Path(tempfile.mkdtemp(prefix=f"runbook-{prefix}-", dir="/tmp"))
+    d.chmod(0o755)
+    return d
+
+
+@pytest.fixture
+def server_dir():
+    d = make_server_dir("test")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_postgres():
+    """PostgreSQL 15 with pg_stat_statements preloaded; HypoPG installable. One per test session."""
+    d = make_server_dir("pg")
+    server = PostgresServer(d / "pg")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def private_redis():
+    """A fresh Redis per test: tests may CONFIG SET and FLUSHALL freely."""
+    d = make_server_dir("redis")
+    server = RedisServer(d / "redis")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def prometheus_factory():
+    """Start Prometheus servers scraping given targets; all are stopped at the end of the test."""
+    started: list[PrometheusServer] = []
+    dirs: list[Path] = []
+
+    def start(targets: list[str], scrape_interval: str = "1s") -> PrometheusServer:
+        d = make_server_dir("prom")
+        dirs.append(d)
+        server = PrometheusServer(d / "prom", targets=targets, scrape_interval=scrape_interval)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for s in started:
+            s.stop()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_env_leak(monkeypatch):
+    # tests set their own secrets; never inherit a real one from the developer's shell
+    for name in list(os.environ):
+        if name.startswith("RUNBOOK_SECRET_"):
+            monkeypatch.delenv(name)
