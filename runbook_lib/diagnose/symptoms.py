@@ -1,0 +1,113 @@
+"""Symptom correlation: how every signal moved, when it started moving, and how it tracks latency.
+
+Pure functions over the signals DataFrame (time index, one column per catalog signal) and the
+incident window. No I/O.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..signals import CATALOG, PRIMARY_SIGNAL
+from .window import IncidentWindow
+
+# A signal "changed" when its incident median differs from its baseline median by more than this
+# share (25%): above the 5-10% noise of rate()-derived series, below any causal move in this incident.
+CHANGE_THRESHOLD = 0.25
+# Onset: first sample outside baseline median +/- max(ONSET_MADS robust sigmas, ONSET_MIN_REL of the
+# median), held for ONSET_HOLD consecutive samples (so one noisy sample does not count).
+ONSET_MADS = 6.0
+ONSET_MIN_REL = 0.15
+ONSET_HOLD = 3
+# How far before the incident start we look for early movers (leading signals).
+ONSET_LOOKBACK = pd.Timedelta(minutes=15)
+# Cross-correlation lags tried, in samples either way (20 x 30 s = 10 min).
+MAX_LAG_STEPS = 20
+
+
+def _between(df: pd.DataFrame | pd.Series, span) -> pd.DataFrame | pd.Series:
+    return df.loc[(df.index >= span[0]) & (df.index <= span[1])]
+
+
+def level_table(df: pd.DataFrame, win: IncidentWindow) -> pd.DataFrame:
+    """Median of each signal in baseline / incident / recovery, and the incident/baseline ratio."""
+    rows = []
+    for name in df.columns:
+        sig = CATALOG[name]
+        base = float(_between(df[name], win.baseline).median())
+        inc = float(_between(df[name], win.incident).median())
+        rec = float(_between(df[name], win.recovery).median()) if win.recovery else np.nan
+        ratio = inc / base if base else np.nan
+        changed = bool(abs(ratio - 1) > CHANGE_THRESHOLD) if np.isfinite(ratio) else False
+        worse = changed and ((ratio > 1) == sig.higher_is_worse)
+        rows.append({"signal": name, "label": sig.label, "unit": sig.unit, "group": sig.group,
+                     "baseline": base, "incident": inc, "recovery": rec, "ratio": ratio,
+                     "changed": changed, "worse": worse})
+    return pd.DataFrame(rows).set_index("signal")
+
+
+def onset_time(s: pd.Series, win: IncidentWindow) -> pd.Timestamp | None:
+    """When ``s`` first left its baseline band for good (ONSET_HOLD samples), near the incident."""
+    base = _between(s, win.baseline).dropna()
+    if base.empty:
+        return None
+    med = float(base.median())
+    mad = float((base - med).abs().median()) * 1.4826
+    band = max(ONSET_MADS * mad, ONSET_MIN_REL * abs(med), 1e-9)
+    lo = max(win.incident[0] - ONSET_LOOKBACK, win.baseline[0])
+    seg = s.loc[(s.index >= lo) & (s.index <= win.incident[1])]
+    out = ((seg - med).abs() > band).astype(int)
+    held = out.rolling(ONSET_HOLD).sum() >= ONSET_HOLD
+    if not held.any():
+        return None
+    first_end = held.idxmax()
+    pos = seg.index.get_loc(first_end) - (ONSET_HOLD - 1)
+    return seg.index[pos]
+
+
+def best_lag(x: pd.Series, y: pd.Series, max_lag: int = MAX_LAG_STEPS) -> tuple[int, float]:
+    """Lag (in samples) at which ``x`` shifted forward best correlates with ``y``; positive = x leads."""
+    x = (x - x.mean()) / (x.std() or 1.0)
+    y = (y - y.mean()) / (y.std() or 1.0)
+    best = (0, 0.0)
+    for lag in range(-max_lag, max_lag + 1):
+        c = x.shift(lag).corr(y)
+        if np.isfinite(c) and abs(c) > abs(best[1]) + 1e-12:
+            best = (lag, float(c))
+    return best
+
+
+def correlate(df: pd.DataFrame, win: IncidentWindow, step_seconds: int,
+              primary: str = PRIMARY_SIGNAL) -> pd.DataFrame:
+    """Per signal: Spearman correlation with the primary, onset time, lead vs the primary, best lag."""
+    span = (win.baseline[0], win.incident[1])
+    seg = _between(df, span)
+    p_onset = onset_time(df[primary], win)
+    rows = []
+    for name in df.columns:
+        onset = onset_time(df[name], win)
+        if seg[name].nunique() <= 1:
+            rho, lag, lag_corr = np.nan, 0, np.nan
+        else:
+            rho = float(seg[name].corr(seg[primary], method="spearman"))
+            lag, lag_corr = best_lag(seg[name], seg[primary])
+        lead = (p_onset - onset).total_seconds() if (onset is not None and p_onset is not None) else np.nan
+        rows.append({"signal": name, "spearman_vs_primary": rho, "onset": onset, "leads_primary_by_s": lead,
+                     "best_lag_s": lag * step_seconds, "corr_at_best_lag": lag_corr})
+    return pd.DataFrame(rows).set_index("signal")
+
+
+def symptom_table(df: pd.DataFrame, win: IncidentWindow, step_seconds: int) -> pd.DataFrame:
+    """Levels and correlation side by side, ordered by onset (first mover first)."""
+    table = level_table(df, win).join(correlate(df, win, step_seconds))
+    return table.sort_values(["onset", "signal"], na_position="last")
+
+
+def first_movers(table: pd.DataFrame, primary: str = PRIMARY_SIGNAL) -> list[str]:
+    """Changed signals whose onset is at or before the primary's: candidates for the cause side."""
+    p = table.loc[primary, "onset"]
+    if pd.isna(p):
+        return []
+    movers = table[(table["changed"]) & table["onset"].notna() & (table["onset"] <= p)]
+    return [s for s in movers.index if s != primary]
