@@ -1,0 +1,164 @@
+"""RedisConfigSet: ``CONFIG SET`` of cache-sizing parameters, prior values captured with ``CONFIG GET``.
+
+All parameters go in one ``CONFIG SET name value [name value ...]`` (atomic since Redis 7.0).
+Rollback sets the captured prior values back, exactly as ``CONFIG GET`` returned them.
+Values are compared in Redis's canonical form (``256mb`` is ``268435456``), so a second apply
+of the same change is recognised as already applied. Changes are runtime only (no CONFIG REWRITE).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import field_validator
+
+from .base import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult, register_action, slug
+
+# Redis memory units (redis.conf header): k=1000, kb=1024, m=10^6, mb=1024^2, g=10^9, gb=1024^3.
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+_MEMORY_RE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+# maxmemory-policy values accepted by Redis 7 (redis.conf "MAXMEMORY POLICY").
+EVICTION_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
+                     "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
+# maxmemory-samples range enforced by Redis 7 config.c: 1..64.
+SAMPLES_RANGE = (1, 64)
+
+
+def memory_bytes(value: str) -> int:
+    m = _MEMORY_RE.match(str(value))
+    if not m or m.group(2).lower() not in _MEMORY_UNITS:
+        raise ValueError(f"not a Redis memory size: {value!r} (e.g. 268435456, 256mb, 1gb)")
+    return int(m.group(1)) * _MEMORY_UNITS[m.group(2).lower()]
+
+
+def _policy(value: str) -> str:
+    v = str(value).strip().lower()
+    if v not in EVICTION_POLICIES:
+        raise ValueError(f"maxmemory-policy must be one of {', '.join(EVICTION_POLICIES)}")
+    return v
+
+
+def _samples(value: str) -> int:
+    v = int(str(value).strip())
+    if not SAMPLES_RANGE[0] <= v <= SAMPLES_RANGE[1]:
+        raise ValueError(f"maxmemory-samples must be {SAMPLES_RANGE[0]}..{SAMPLES_RANGE[1]}")
+    return v
+
+
+# The parameters this action may change, each with its canonical form (for comparisons).
+PARAMETERS: dict[str, Callable[[str], Any]] = {
+    "maxmemory": memory_bytes,
+    "maxmemory-policy": _policy,
+    "maxmemory-samples": _samples,
+}
+
+
+def canonical(name: str, value: str | None) -> Any:
+    return None if value is None else PARAMETERS[name](value)
+
+
+class RedisConfigInputs(Inputs):
+    config: dict[str, str]
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        if not isinstance(v, dict) or not v:
+            raise ValueError("config must map at least one parameter name to a value")
+        out = {}
+        for name in sorted(v):
+            if name not in PARAMETERS:
+                raise ValueError(f"parameter {name!r} is not one this action changes; "
+                                 f"allowed: {', '.join(PARAMETERS)}")
+            value = str(v[name]).strip()
+            PARAMETERS[name](value)  # raises ValueError with the reason
+            out[name] = value
+        return out
+
+
+@register_action
+class RedisConfigSet(Action):
+    kind = "redis.config_set"
+    family = "redis"
+    Inputs = RedisConfigInputs
+    effect_signal = "cache_hit_ratio"
+    risk = "medium"  # lowering maxmemory or changing the policy evicts keys immediately
+
+    inputs: RedisConfigInputs
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.inputs.config)
+
+    @property
+    def id(self) -> str:
+        return "redis-config-" + slug(*self.names)
+
+    @property
+    def title(self) -> str:
+        return "Set Redis " + ", ".join(f"{k}={v}" for k, v in self.inputs.config.items())
+
+    @property
+    def target(self) -> str:
+        return "redis server configuration (runtime)"
+
+    @staticmethod
+    def _set_argv(values: dict[str, str]) -> list[str]:
+        argv = ["CONFIG", "SET"]
+        for k, v in values.items():
+            argv += [k, v]
+        return argv
+
+    @staticmethod
+    def _render(argv: list[str]) -> str:
+        return " ".join(shlex.quote(a) for a in argv)
+
+    def plan(self) -> Plan:
+        placeholder = {k: f"<prior {k}>" for k in self.names}
+        return Plan(
+            action_id=self.id, kind=self.kind, title=self.title, target=self.target,
+            commands=[self._render(self._set_argv(self.inputs.config))],
+            captures=[self._render(["CONFIG", "GET", *self.names])],
+            rollback_commands=[" ".join(self._set_argv(placeholder))],
+            reversible=self.reversible, risk=self.risk,
+        )
+
+    def rollback_commands(self, prior: dict[str, Any]) -> list[str]:
+        return [self._render(self._set_argv({k: prior[k] for k in self.names}))]
+
+    # --- server side ------------------------------------------------------------------------
+
+    def capture(self, targets) -> dict[str, Any]:
+        got = targets.redis().config_get(*self.names)
+        return {k: got.get(k) for k in self.names}
+
+    def _matches(self, state: dict[str, Any], wanted: dict[str, Any]) -> bool:
+        return all(canonical(k, state.get(k)) == canonical(k, wanted[k]) for k in self.names)
+
+    def is_applied(self, state: dict[str, Any]) -> bool:
+        return self._matches(state, self.inputs.config)
+
+    def apply(self, targets) -> ApplyResult:
+        if self.is_applied(self.capture(targets)):
+            return ApplyResult(False, "already applied")
+        argv = self._set_argv(self.inputs.config)
+        targets.redis().execute_command(*argv)
+        return ApplyResult(True, "set " + ", ".join(f"{k}={v}" for k, v in self.inputs.config.items()),
+                           [self._render(argv)])
+
+    def verify(self, targets) -> VerifyResult:
+        state = self.capture(targets)
+        if self.is_applied(state):
+            return VerifyResult(True, "CONFIG GET shows the new values", state)
+        return VerifyResult(False, f"CONFIG GET shows {state}, not {self.inputs.config}", state)
+
+    def rollback(self, targets, prior: dict[str, Any]) -> RollbackResult:
+        if self._matches(self.capture(targets), prior):
+            return RollbackResult(False, "nothing to undo: the prior values are in place")
+        argv = self._set_argv({k: prior[k] for k in self.names})
+        targets.redis().execute_command(*argv)
+        return RollbackResult(True, "restored " + ", ".join(f"{k}={prior[k]}" for k in self.names),
+                              [self._render(argv)])

@@ -1,0 +1,111 @@
+"""Connections to the systems actions change, opened from Settings only when first needed.
+
+* PostgreSQL: one autocommit connection (``CREATE INDEX CONCURRENTLY`` cannot run in a transaction);
+  the password comes from the SecretRef and is passed as the ``password=`` keyword, never put in a DSN.
+* Redis: one client; the password likewise from the SecretRef.
+
+``endpoint(family)`` describes where a change goes (host:port/db) without any credential; it is
+recorded in every audit line and checked again before a rollback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import psycopg
+import redis
+from psycopg.conninfo import conninfo_to_dict
+
+from ..redact import redact_text
+from ..settings import Settings
+from .errors import TargetError
+
+# Bounded connects: a server that does not answer in this many seconds is reported, not waited on.
+CONNECT_TIMEOUT_S = 10
+# Redis commands used here (CONFIG GET/SET) answer in microseconds; 10 s means the server is stuck.
+REDIS_SOCKET_TIMEOUT_S = 10
+APPLICATION_NAME = "runbook-remediation"
+
+
+def postgres_endpoint(dsn: str) -> str:
+    try:
+        d = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgres (unparseable dsn)"
+    return f"postgres://{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', d.get('user', ''))}"
+
+
+def redis_endpoint(url: str) -> str:
+    p = urlsplit(url)
+    db = (p.path or "/0").lstrip("/") or "0"
+    return f"redis://{p.hostname or 'localhost'}:{p.port or 6379}/{db}"
+
+
+class Targets:
+    """Lazily opened connections for one run. Use as a context manager; ``close()`` closes all."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._pg: psycopg.Connection | None = None
+        self._redis: redis.Redis | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def endpoint(self, family: str) -> str:
+        if family == "postgres":
+            return postgres_endpoint(self._pg_settings().dsn)
+        if family == "redis":
+            return redis_endpoint(self._redis_settings().url)
+        raise TargetError(f"unknown target family {family!r}")
+
+    def _pg_settings(self):
+        if self.settings.postgres is None:
+            raise TargetError("this action needs PostgreSQL but the parameters have no postgres section")
+        return self.settings.postgres
+
+    def _redis_settings(self):
+        if self.settings.redis is None:
+            raise TargetError("this action needs Redis but the parameters have no redis section")
+        return self.settings.redis
+
+    def postgres(self) -> psycopg.Connection:
+        if self._pg is None or self._pg.closed:
+            cfg = self._pg_settings()
+            kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
+                                      "application_name": APPLICATION_NAME}
+            if cfg.password is not None:
+                kwargs["password"] = cfg.password.reveal().get_secret_value()
+            try:
+                self._pg = psycopg.connect(cfg.dsn, **kwargs)
+            except psycopg.Error as e:
+                raise TargetError(f"cannot connect to {self.endpoint('postgres')}: "
+                                  f"{redact_text(str(e).strip().splitlines()[0] if str(e) else type(e).__name__)}"
+                                  ) from None
+        return self._pg
+
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            cfg = self._redis_settings()
+            password = cfg.password.reveal().get_secret_value() if cfg.password is not None else None
+            client = redis.Redis.from_url(cfg.url, password=password, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+                                          socket_connect_timeout=CONNECT_TIMEOUT_S, decode_responses=True)
+            try:
+                client.ping()
+            except redis.RedisError as e:
+                client.close()
+                raise TargetError(f"cannot connect to {self.endpoint('redis')}: {redact_text(str(e))}") from None
+            self._redis = client
+        return self._redis
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
