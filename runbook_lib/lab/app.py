@@ -1,0 +1,402 @@
+"""One replica of the lab backend: a Starlette app served by uvicorn on a socket shared by all replicas.
+
+Endpoints (the seed's backend)::
+
+    GET /api/users?page=&limit=          users with their recent orders (N+1 or one query: orders_query)
+    GET /api/users/{id}/orders?limit=    one user's orders of the last 30 days
+    GET /api/products?category=&limit=   active products of a category, most popular first
+    GET /api/dashboard/stats             orders and revenue of the last day, top categories
+    GET /healthz                         liveness (no database)
+    GET /metrics                         this replica's metrics (Prometheus scrapes --metrics-port instead)
+
+Every /api response goes through Redis: the key follows ``cache_key_scheme`` ("normalized": route and
+sorted query; "volatile": plus the request timestamp, so it is rarely reused) with ``cache_ttl_s``.
+A request holds one pool connection for all its queries; when none frees up within
+``db_pool_timeout_s`` the request fails with 503 (the pool exhaustion of the seed incident).
+Knobs come from the config file, re-read when its mtime changes (``config.ConfigWatcher``).
+
+Run by the supervisor: ``python -m runbook_lib.lab.app --fd N --metrics-port P --index I ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import time
+from collections import defaultdict
+from time import perf_counter
+
+import psycopg
+import redis.asyncio as aioredis
+import uvicorn
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .config import POLL_INTERVAL_S, ConfigWatcher, LabConfig
+
+# Latency buckets from 1 ms to 10 s: the healthy p95 is a few ms, the degraded one hundreds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25,
+                   0.4, 0.6, 0.8, 1.0, 1.5, 2.5, 4.0, 6.0, 10.0)
+LIST_WINDOW_DAYS = 7       # /api/users shows each user's orders of the last week
+ORDERS_WINDOW_DAYS = 30    # /api/users/{id}/orders: the last 30 days
+ORDERS_PER_LISTED_USER = 5
+DEFAULT_PAGE_SIZE = 25     # 25 users per page: 26 queries per page under N+1
+MAX_LIMIT = 100
+VOLATILE_BUCKET_MS = 100   # the "request timestamp" in the volatile key, to 100 ms (deploy v2.14.0)
+REDIS_TIMEOUT_S = 1.0      # a slow cache counts as a miss, it never fails the request
+POOL_WAIT_THRESHOLD_S = 0.001  # an acquisition slower than this had to wait for a connection
+PR_SET_PDEATHSIG = 1       # linux/prctl.h: signal this process when its parent dies
+
+REQUESTS = Histogram("http_request_duration_seconds", "HTTP request duration", ["method", "route", "status"],
+                     buckets=LATENCY_BUCKETS)
+CACHE_HITS = Counter("cache_hits", "cache lookups answered from Redis", ["route"])
+CACHE_MISSES = Counter("cache_misses", "cache lookups that went to the database", ["route"])
+CACHE_ERRORS = Counter("cache_errors", "Redis errors (counted as misses)", ["op"])
+DB_QUERIES = Histogram("db_query_duration_seconds", "SQL statement duration", ["query"], buckets=LATENCY_BUCKETS)
+POOL_IN_USE = Gauge("db_pool_in_use", "pool connections checked out")
+POOL_MAX = Gauge("db_pool_max", "configured pool maximum")
+POOL_WAITING = Gauge("db_pool_waiting", "requests waiting for a pool connection")
+POOL_WAITS = Counter("db_pool_waits", "acquisitions that had to wait for a connection")
+POOL_TIMEOUTS = Counter("db_pool_timeouts", "acquisitions that timed out (answered 503)")
+CACHE_TTL = Gauge("lab_cache_ttl_seconds", "configured cache TTL")
+REPLICAS = Gauge("lab_replicas_configured", "configured number of replicas")
+CONFIG_INFO = Gauge("lab_config_info", "current knobs as labels", ["cache_key_scheme", "orders_query"])
+CONFIG_RELOADS = Counter("lab_config_reloads", "config changes applied without restart")
+
+SQL = {
+    "users_page": "SELECT id, name, email FROM users WHERE id > %s ORDER BY id LIMIT %s",
+    "user_recent_orders": (
+        "SELECT id, product_id, amount::float8, status, created_at::text FROM orders "
+        "WHERE user_id = %s AND created_at >= now() - make_interval(days => %s) "
+        "ORDER BY created_at DESC LIMIT %s"),
+    "users_recent_orders": (
+        "SELECT user_id, id, product_id, amount::float8, status, created_at::text FROM orders "
+        "WHERE user_id = ANY(%s) AND created_at >= now() - make_interval(days => %s) "
+        "ORDER BY user_id, created_at DESC"),
+    "products_by_category": (
+        "SELECT id, name, price::float8, popularity FROM products "
+        "WHERE category = %s AND status = 'active' ORDER BY popularity DESC LIMIT %s"),
+    "orders_last_day": ("SELECT count(*), coalesce(sum(amount), 0)::float8 FROM orders "
+                        "WHERE created_at >= now() - interval '1 day'"),
+    "users_count": "SELECT count(*) FROM users",
+    "top_categories_last_day": (
+        "SELECT p.category, sum(o.amount)::float8 AS revenue FROM orders o JOIN products p ON p.id = o.product_id "
+        "WHERE o.created_at >= now() - interval '1 day' GROUP BY 1 ORDER BY 2 DESC LIMIT 5"),
+}
+
+
+class PoolExhausted(Exception):
+    """No pool connection within db_pool_timeout_s."""
+
+
+class BadRequest(Exception):
+    pass
+
+
+class Backend:
+    """Pool, cache and knobs of one replica."""
+
+    def __init__(self, dsn: str, redis_url: str, config_path: str, index: int):
+        self.dsn, self.redis_url, self.index = dsn, redis_url, index
+        self.watcher = ConfigWatcher(config_path)
+        self.pool: AsyncConnectionPool | None = None
+        self.redis: aioredis.Redis | None = None
+        self._task: asyncio.Task | None = None
+        self._parent = os.getppid()
+        self.server: uvicorn.Server | None = None
+
+    @property
+    def cfg(self) -> LabConfig:
+        return self.watcher.config
+
+    async def start(self) -> None:
+        n = self.cfg.db_pool_max
+        self.pool = AsyncConnectionPool(self.dsn, min_size=n, max_size=n, timeout=self.cfg.db_pool_timeout_s,
+                                        kwargs={"autocommit": True}, open=False, name=f"replica-{self.index}")
+        await self.pool.open(wait=True, timeout=30)
+        self.redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=REDIS_TIMEOUT_S)
+        self._publish_config()
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.redis:
+            await self.redis.aclose()
+        if self.pool:
+            await self.pool.close(timeout=5)
+
+    def _publish_config(self) -> None:
+        cfg = self.cfg
+        POOL_MAX.set(cfg.db_pool_max)
+        CACHE_TTL.set(cfg.cache_ttl_s)
+        REPLICAS.set(cfg.replicas)
+        CONFIG_INFO.clear()
+        CONFIG_INFO.labels(cfg.cache_key_scheme, cfg.orders_query).set(1)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            if os.getppid() != self._parent and self.server is not None:
+                self.server.should_exit = True  # the supervisor is gone: do not outlive it
+            old = self.cfg
+            if self.watcher.poll():
+                if self.cfg.db_pool_max != old.db_pool_max:
+                    await self.pool.resize(self.cfg.db_pool_max, self.cfg.db_pool_max)
+                self._publish_config()
+                CONFIG_RELOADS.inc()
+
+    # --- cache ------------------------------------------------------------------------------------
+
+    def cache_key(self, route: str, request: Request) -> str:
+        query = "&".join(f"{k}={v}" for k, v in sorted(request.query_params.items()))
+        key = f"api:{route}:{request.path_params.get('user_id', '')}:{query}"
+        if self.cfg.cache_key_scheme == "volatile":
+            key += f":{time.time_ns() // 1_000_000 // VOLATILE_BUCKET_MS}"
+        return key
+
+    async def cached(self, route: str, request: Request, produce) -> Response:
+        key = self.cache_key(route, request)
+        raw = await self._cache_get(key)
+        if raw is not None:
+            CACHE_HITS.labels(route).inc()
+            return Response(raw, media_type="application/json")
+        CACHE_MISSES.labels(route).inc()
+        body = json.dumps(await produce(), default=str)
+        await self._cache_set(key, body)
+        return Response(body, media_type="application/json")
+
+    async def _cache_get(self, key: str) -> bytes | None:
+        try:
+            return await self.redis.get(key)
+        except Exception:  # noqa: BLE001 - any Redis failure is a miss
+            CACHE_ERRORS.labels("get").inc()
+            return None
+
+    async def _cache_set(self, key: str, body: str) -> None:
+        try:
+            await self.redis.set(key, body, ex=max(1, round(self.cfg.cache_ttl_s)))
+        except Exception:  # noqa: BLE001
+            CACHE_ERRORS.labels("set").inc()
+
+    # --- database ---------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def connection(self):
+        POOL_WAITING.inc()
+        t0 = perf_counter()
+        try:
+            cm = self.pool.connection(timeout=self.cfg.db_pool_timeout_s)
+            conn = await cm.__aenter__()
+        except PoolTimeout:
+            POOL_TIMEOUTS.inc()
+            raise PoolExhausted() from None
+        finally:
+            POOL_WAITING.dec()
+        if perf_counter() - t0 > POOL_WAIT_THRESHOLD_S:
+            POOL_WAITS.inc()
+        POOL_IN_USE.inc()
+        try:
+            yield conn
+        except BaseException as e:
+            POOL_IN_USE.dec()
+            await cm.__aexit__(type(e), e, e.__traceback__)
+            raise
+        POOL_IN_USE.dec()
+        await cm.__aexit__(None, None, None)
+
+
+async def query(conn, name: str, *params) -> list[tuple]:
+    t0 = perf_counter()
+    cur = await conn.execute(SQL[name], params)
+    rows = await cur.fetchall()
+    DB_QUERIES.labels(name).observe(perf_counter() - t0)
+    return rows
+
+
+def _int_param(request: Request, name: str, default: int, lo: int = 1, hi: int = 10**9) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be in {lo}..{hi}")
+    return value
+
+
+def endpoint(route: str):
+    """Time the handler into the histogram; map pool exhaustion to 503, database errors to 500."""
+
+    def deco(fn):
+        async def handler(request: Request) -> Response:
+            t0 = perf_counter()
+            try:
+                resp = await fn(request, request.app.state.backend)
+            except BadRequest as e:
+                resp = JSONResponse({"error": str(e)}, status_code=400)
+            except PoolExhausted:
+                resp = JSONResponse({"error": "database pool exhausted"}, status_code=503)
+            except psycopg.Error as e:
+                resp = JSONResponse({"error": f"database error: {type(e).__name__}"}, status_code=500)
+            REQUESTS.labels(request.method, route, str(resp.status_code)).observe(perf_counter() - t0)
+            return resp
+
+        return handler
+
+    return deco
+
+
+@endpoint("/api/users")
+async def users(request: Request, b: Backend) -> Response:
+    page = _int_param(request, "page", 1)
+    limit = _int_param(request, "limit", DEFAULT_PAGE_SIZE, hi=MAX_LIMIT)
+
+    async def produce():
+        async with b.connection() as conn:
+            rows = await query(conn, "users_page", (page - 1) * limit, limit)
+            ids = [r[0] for r in rows]
+            orders = await (_orders_n_plus_one(conn, ids) if b.cfg.orders_query == "n_plus_one"
+                            else _orders_one_query(conn, ids))
+        return [{"id": r[0], "name": r[1], "email": r[2], "orders": orders.get(r[0], [])} for r in rows]
+
+    return await b.cached("users", request, produce)
+
+
+def _order(r) -> dict:
+    return {"id": r[0], "product_id": r[1], "amount": r[2], "status": r[3], "created_at": r[4]}
+
+
+async def _orders_n_plus_one(conn, ids: list[int]) -> dict[int, list[dict]]:
+    out = {}
+    for uid in ids:
+        rows = await query(conn, "user_recent_orders", uid, LIST_WINDOW_DAYS, ORDERS_PER_LISTED_USER)
+        out[uid] = [_order(r) for r in rows]
+    return out
+
+
+async def _orders_one_query(conn, ids: list[int]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = defaultdict(list)
+    for r in await query(conn, "users_recent_orders", ids, LIST_WINDOW_DAYS):
+        if len(out[r[0]]) < ORDERS_PER_LISTED_USER:
+            out[r[0]].append(_order(r[1:]))
+    return out
+
+
+@endpoint("/api/users/{id}/orders")
+async def user_orders(request: Request, b: Backend) -> Response:
+    try:
+        uid = int(request.path_params["user_id"])
+    except ValueError:
+        raise BadRequest("user id must be an integer") from None
+    limit = _int_param(request, "limit", 20, hi=MAX_LIMIT)
+
+    async def produce():
+        async with b.connection() as conn:
+            rows = await query(conn, "user_recent_orders", uid, ORDERS_WINDOW_DAYS, limit)
+        return {"user_id": uid, "orders": [_order(r) for r in rows]}
+
+    return await b.cached("user_orders", request, produce)
+
+
+@endpoint("/api/products")
+async def products(request: Request, b: Backend) -> Response:
+    category = request.query_params.get("category")
+    if not category:
+        raise BadRequest("category is required")
+    limit = _int_param(request, "limit", 20, hi=MAX_LIMIT)
+
+    async def produce():
+        async with b.connection() as conn:
+            rows = await query(conn, "products_by_category", category, limit)
+        return [{"id": r[0], "name": r[1], "price": r[2], "popularity": r[3]} for r in rows]
+
+    return await b.cached("products", request, produce)
+
+
+@endpoint("/api/dashboard/stats")
+async def dashboard(request: Request, b: Backend) -> Response:
+    async def produce():
+        async with b.connection() as conn:
+            (n_orders, revenue), = await query(conn, "orders_last_day")
+            (n_users,), = await query(conn, "users_count")
+            top = await query(conn, "top_categories_last_day")
+        return {"orders_last_day": n_orders, "revenue_last_day": revenue, "users": n_users,
+                "top_categories": [{"category": c, "revenue": r} for c, r in top]}
+
+    return await b.cached("dashboard", request, produce)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"ok": True, "replica": request.app.state.backend.index, "pid": os.getpid()})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_app(backend: Backend) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await backend.start()
+        yield
+        await backend.stop()
+
+    app = Starlette(routes=[
+        Route("/api/users", users), Route("/api/users/{user_id}/orders", user_orders),
+        Route("/api/products", products), Route("/api/dashboard/stats", dashboard),
+        Route("/healthz", healthz), Route("/metrics", metrics),
+    ], lifespan=lifespan)
+    app.state.backend = backend
+    return app
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="one lab backend replica (started by the lab supervisor)")
+    p.add_argument("--fd", type=int, required=True, help="listening socket inherited from the supervisor")
+    p.add_argument("--metrics-port", type=int, required=True)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--dsn", required=True)
+    p.add_argument("--redis-url", required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--state", required=True, help="the lab state folder (marks the process as the lab's)")
+    args = p.parse_args(argv)
+    _die_with_parent()
+    sock = socket.socket(fileno=args.fd)
+    start_http_server(args.metrics_port, addr="127.0.0.1")
+    backend = Backend(args.dsn, args.redis_url, args.config, args.index)
+    server = uvicorn.Server(uvicorn.Config(build_app(backend), log_level="warning", access_log=False,
+                                           lifespan="on", timeout_graceful_shutdown=5))
+    backend.server = server
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
