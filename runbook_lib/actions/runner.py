@@ -169,12 +169,15 @@ def _audit_plan(log: AuditLog, action: Action, fields: dict[str, Any], endpoint:
 
 def ensure_parameters_file(run_dir: Path, settings: Settings) -> Path:
     """Rollback needs to know which servers were changed; write the parameters if the run folder has none.
-    Only references to secrets are in Settings, never values."""
+
+    Settings hold only references to secrets (inline passwords in a DSN or URL are refused), so the
+    dump is written as is: the redaction patterns would mangle ``password:\n  env: NAME`` into
+    invalid YAML."""
     path = run_dir / PARAMETERS_FILE
     if not path.exists():
         data = settings.model_dump(mode="json", exclude_none=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(redact_text(yaml.safe_dump(data, sort_keys=False)))
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
         tmp.replace(path)
     return path
 

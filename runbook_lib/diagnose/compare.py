@@ -1,0 +1,68 @@
+"""Before/after validation per signal, in the spirit of Kayenta's judge (pure).
+
+For each signal: medians before (the incident) and after (the recovery), the after/before ratio,
+a two-sided Mann-Whitney U test, and a verdict. A signal passes when it is back within the SLO
+(for SLO signals) or, for the others, within TOLERANCE of its pre-incident baseline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from ..signals import CATALOG
+
+# Kayenta's MannWhitneyClassifier uses a 98% confidence level in the judge; we report p < 0.02.
+ALPHA = 0.02
+# Non-SLO signals must be back within 25% of their baseline median (Kayenta's default tolerance).
+TOLERANCE = 0.25
+# Minimum samples per side for the test to mean anything (5 min at 30 s).
+MIN_SAMPLES = 10
+
+
+def _between(s: pd.Series, span) -> pd.Series:
+    return s.loc[(s.index >= span[0]) & (s.index <= span[1])].dropna()
+
+
+def slo_targets(slo) -> dict[str, tuple[str, float]]:
+    """Signal -> (comparison, target) from the SLO section."""
+    return {"latency_p95_ms": ("<=", slo.latency_p95_ms), "error_ratio": ("<=", slo.error_ratio),
+            "cache_hit_ratio": (">=", slo.cache_hit_ratio)}
+
+
+def compare(df: pd.DataFrame, baseline: tuple, before: tuple, after: tuple, slo) -> pd.DataFrame:
+    targets = slo_targets(slo)
+    rows = []
+    for name in df.columns:
+        b, a, base = _between(df[name], before), _between(df[name], after), _between(df[name], baseline)
+        row = {"signal": name, "label": CATALOG[name].label, "baseline": base.median(), "before": b.median(),
+               "after": a.median(), "n_before": len(b), "n_after": len(a)}
+        row["after/before"] = row["after"] / row["before"] if row["before"] else np.nan
+        if len(b) >= MIN_SAMPLES and len(a) >= MIN_SAMPLES and (b.nunique() > 1 or a.nunique() > 1):
+            row["p_value"] = float(mannwhitneyu(b, a, alternative="two-sided").pvalue)
+        else:
+            row["p_value"] = np.nan
+        row["significant"] = bool(row["p_value"] < ALPHA) if np.isfinite(row["p_value"]) else False
+        if name in targets:
+            op, target = targets[name]
+            ok = row["after"] <= target if op == "<=" else row["after"] >= target
+            row["target"] = f"{op} {target:g}"
+            row["verdict"] = "meets SLO" if ok else "violates SLO"
+        else:
+            row["target"] = f"baseline +/- {TOLERANCE:.0%}"
+            near = abs(row["after"] - row["baseline"]) <= TOLERANCE * abs(row["baseline"]) if row["baseline"] else True
+            row["verdict"] = "back to baseline" if near else "differs from baseline"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("signal")
+
+
+def overall(table: pd.DataFrame) -> dict:
+    """Fixed when every SLO signal meets its SLO; the share of signals back to normal as a score."""
+    slo_rows = table[table["target"].str.startswith(("<=", ">="))]
+    ok = table["verdict"].isin(["meets SLO", "back to baseline"])
+    fixed = bool(len(slo_rows) and (slo_rows["verdict"] == "meets SLO").all())
+    return {"fixed": fixed, "score": round(100 * float(ok.mean()), 1),
+            "failing": [s for s in table.index[~ok]],
+            "verdict": "FIXED: every SLO signal is back within its objective" if fixed
+            else "NOT FIXED: " + ", ".join(slo_rows.index[slo_rows["verdict"] != "meets SLO"]) + " still violate the SLO"}

@@ -1,0 +1,222 @@
+"""Root-cause hypotheses, ranked, each with its evidence and how it could be disproved.
+
+Shape borrowed from Fiberplane's incident template: what we think, why, how to disprove it, the
+evidence, the conclusion. Evidence items are checks over the symptom table and the snapshots;
+confidence is the weight of the checks that support the hypothesis over the weight of all checks
+that could be evaluated. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from ..signals import PRIMARY_SIGNAL
+from . import cache as cache_dx
+from . import db as db_dx
+
+# Pool "saturated" when in-use connections sit at >= 95% of the pool size for most of the incident.
+POOL_SATURATED_SHARE = 0.95
+# DB queries per HTTP request growing by more than this factor means work per request exploded
+# (not just more traffic).
+QUERIES_PER_REQUEST_GROWTH = 3.0
+# Confidence labels.
+CONFIDENCE_LABELS = ((0.75, "high"), (0.45, "medium"), (0.0, "low"))
+
+
+@dataclass
+class Evidence:
+    check: str
+    observed: str
+    supports: bool
+    weight: float = 1.0
+
+
+@dataclass
+class Hypothesis:
+    category: str  # cache | database | application | infrastructure
+    title: str
+    statement: str
+    disprove_by: str
+    evidence: list[Evidence] = field(default_factory=list)
+    first_onset: str | None = None
+
+    @property
+    def confidence(self) -> float:
+        total = sum(e.weight for e in self.evidence)
+        return round(sum(e.weight for e in self.evidence if e.supports) / total, 3) if total else 0.0
+
+    @property
+    def confidence_label(self) -> str:
+        return next(label for bar, label in CONFIDENCE_LABELS if self.confidence >= bar)
+
+    @property
+    def disproved(self) -> bool:
+        return self.confidence < CONFIDENCE_LABELS[1][0]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(confidence=self.confidence, confidence_label=self.confidence_label, disproved=self.disproved)
+        return d
+
+
+@dataclass
+class Snapshots:
+    """What the snapshots say, already reduced to deltas (any part may be missing)."""
+
+    statements: pd.DataFrame | None = None  # statement_deltas + per_request
+    tables: pd.DataFrame | None = None  # table_deltas
+    indexes: pd.DataFrame | None = None
+    activity: pd.DataFrame | None = None
+    redis: dict | None = None  # info_deltas
+    ttl: dict | None = None  # ttl_summary
+    key_patterns: pd.DataFrame | None = None
+    app_config: dict | None = None
+
+
+def _fmt_ratio(r: float) -> str:
+    return f"{r:.1f}x" if r >= 1 else f"{r:.2f}x"
+
+
+def _row(table: pd.DataFrame, name: str):
+    return table.loc[name] if name in table.index else None
+
+
+def cache_hypothesis(t: pd.DataFrame, snap: Snapshots, slo_hit: float) -> Hypothesis:
+    h = Hypothesis("cache", "The cache stopped absorbing reads",
+                   "Cache hits collapsed, so every request went to the database.",
+                   "Disproved if the hit ratio stayed near its baseline, or fell only after latency rose.")
+    r = _row(t, "cache_hit_ratio")
+    p_onset = t.loc[PRIMARY_SIGNAL, "onset"]
+    if r is not None:
+        h.evidence.append(Evidence("cache hit ratio fell", f"{r.baseline:.0%} -> {r.incident:.0%}", bool(r.worse), 3))
+        if pd.notna(r.onset) and pd.notna(p_onset):
+            lead = (p_onset - r.onset).total_seconds()
+            h.evidence.append(Evidence("hit ratio moved before latency", f"{lead:+.0f} s before p95", lead > 0, 2))
+            h.first_onset = r.onset.isoformat()
+    if snap.redis:
+        rd = snap.redis
+        h.evidence.append(Evidence("Redis hit ratio over the window (INFO deltas)",
+                                   f"{rd['hit_ratio']:.1%} (SLO {slo_hit:.0%})", rd["hit_ratio"] < slo_hit, 2))
+        full = rd["memory_used_share"] >= cache_dx.MEMORY_FULL_SHARE and rd["evicted_per_s"] > 0
+        h.evidence.append(Evidence("memory full and evicting",
+                                   f"used {rd['memory_used_share']:.0%} of maxmemory "
+                                   f"{rd['maxmemory'] / 2**20:.0f} MiB, {rd['evicted_per_s']:.0f} evictions/s "
+                                   f"({rd['maxmemory_policy']})", full, 1))
+    if snap.ttl:
+        h.evidence.append(Evidence("TTLs too short to be reused",
+                                   f"median TTL {snap.ttl['median_ttl_s']:.0f} s; {snap.ttl['short_ttl_share']:.0%} "
+                                   f"of sampled keys under {cache_dx.SHORT_TTL_S} s",
+                                   snap.ttl["short_ttl_share"] >= 0.5, 1))
+    if snap.key_patterns is not None and len(snap.key_patterns):
+        vol = snap.key_patterns[snap.key_patterns["volatile"] != ""]
+        share = float(vol["keys"].sum() / snap.key_patterns["keys"].sum())
+        h.evidence.append(Evidence("keys carry volatile parts (single-use keys)",
+                                   f"{share:.0%} of sampled keys ({', '.join(sorted(set(', '.join(vol['volatile']).split(', '))))})",
+                                   share >= 0.5, 2))
+    if snap.app_config:
+        c = snap.app_config
+        h.evidence.append(Evidence("app cache settings", f"TTL {c.get('cache_ttl_s')} s, key scheme "
+                                   f"{c.get('cache_key_scheme')}", c.get("cache_key_scheme") == "volatile"
+                                   or (c.get("cache_ttl_s") or 0) < cache_dx.SHORT_TTL_S, 1))
+    return h
+
+
+def database_hypothesis(t: pd.DataFrame, snap: Snapshots) -> Hypothesis:
+    h = Hypothesis("database", "The database is doing far more, and slower, work per request",
+                   "Missing indexes (sequential scans) and N+1 order loading make each cache miss expensive.",
+                   "Disproved if DB time per request did not grow, or statements show index scans with few calls "
+                   "per request.")
+    q, lat, rr = _row(t, "db_query_rate"), _row(t, "db_query_latency_ms"), _row(t, "request_rate")
+    if q is not None and rr is not None and rr.baseline and rr.incident:
+        qpr_base, qpr_inc = q.baseline / rr.baseline, q.incident / rr.incident
+        h.evidence.append(Evidence("queries per request grew", f"{qpr_base:.1f} -> {qpr_inc:.1f} per request",
+                                   qpr_inc / qpr_base >= QUERIES_PER_REQUEST_GROWTH, 2))
+        if pd.notna(q.onset):
+            h.first_onset = q.onset.isoformat()
+    if lat is not None:
+        h.evidence.append(Evidence("query latency grew", f"{lat.baseline:.1f} ms -> {lat.incident:.1f} ms "
+                                   f"({_fmt_ratio(lat.ratio)})", bool(lat.worse), 2))
+    if snap.statements is not None:
+        n1 = db_dx.n_plus_one(snap.statements)
+        if len(n1):
+            top = n1.iloc[0]
+            obs = (f"{top.calls_per_request:.1f} calls/request, {top.rows_per_call:.1f} rows/call, "
+                   f"{top.time_share:.0%} of DB time: {top.query[:70]}")
+        else:
+            obs = "no statement runs >= 5 times per request"
+        h.evidence.append(Evidence("N+1 statement", obs, bool(len(n1)), 2))
+    if snap.tables is not None:
+        heavy = db_dx.seq_scan_heavy(snap.tables)
+        obs = ", ".join(f"{n} ({r.seq_share:.0%} seq, {r.n_live_tup:,.0f} rows)" for n, r in heavy.iterrows()) \
+            or "none"
+        h.evidence.append(Evidence("large tables read by sequential scans", obs, bool(len(heavy)), 2))
+    return h
+
+
+def application_hypothesis(t: pd.DataFrame, snap: Snapshots, series: pd.DataFrame, incident) -> Hypothesis:
+    h = Hypothesis("application", "The connection pool is exhausted and turns waits into 5xx",
+                   "Slow queries hold every pool connection; requests that cannot get one in time fail.",
+                   "Disproved if 5xx appear while the pool has free connections, or errors start before the pool fills.")
+    act, pool, err = _row(t, "db_connections_active"), _row(t, "db_pool_max"), _row(t, "error_ratio")
+    if act is not None and pool is not None:
+        seg = series.loc[(series.index >= incident[0]) & (series.index <= incident[1])]
+        share = float((seg["db_connections_active"] >= POOL_SATURATED_SHARE * seg["db_pool_max"]).mean())
+        h.evidence.append(Evidence("pool at its maximum", f"{share:.0%} of the incident at >= "
+                                   f"{POOL_SATURATED_SHARE:.0%} of {pool.incident:.0f} connections", share >= 0.5, 2))
+        if err is not None and pd.notna(err.onset) and pd.notna(act.onset):
+            after = err.onset >= act.onset
+            h.evidence.append(Evidence("5xx started after the pool filled",
+                                       f"pool {act.onset:%H:%M:%S}, 5xx {err.onset:%H:%M:%S}", bool(after), 1))
+            h.first_onset = act.onset.isoformat()
+    if err is not None:
+        h.evidence.append(Evidence("5xx ratio rose", f"{err.baseline:.1%} -> {err.incident:.1%}", bool(err.worse), 1))
+    if snap.activity is not None:
+        by = db_dx.activity_by_state(snap.activity)
+        txt = ", ".join(f"{s}: {int(r.connections)}" for s, r in by.iterrows())
+        active = int(by.loc["active", "connections"]) if "active" in by.index else 0
+        size = (snap.app_config or {}).get("db_pool_max") or (pool.incident if pool is not None else 0)
+        h.evidence.append(Evidence("backends busy (pg_stat_activity)", txt, bool(size and active >= size), 1))
+    return h
+
+
+def infrastructure_hypothesis(t: pd.DataFrame) -> Hypothesis:
+    h = Hypothesis("infrastructure", "Hosts are short of CPU or memory, or traffic surged",
+                   "A resource limit or a traffic spike slows every request.",
+                   "Disproved if CPU, memory and request rate stayed at their baseline.")
+    for name, what in (("cpu_utilization", "CPU"), ("memory_utilization", "memory"), ("request_rate", "traffic")):
+        r = _row(t, name)
+        if r is not None:
+            up = bool(r.changed and r.ratio > 1)
+            h.evidence.append(Evidence(f"{what} rose", f"{r.baseline:.3g} -> {r.incident:.3g} "
+                                       f"({_fmt_ratio(r.ratio)})", up, 2))
+    return h
+
+
+def rank(hypotheses: list[Hypothesis]) -> list[Hypothesis]:
+    """Most confident first; among equals, the one whose signal moved first (the cause side)."""
+    return sorted(hypotheses, key=lambda h: (-h.confidence, h.first_onset or "9999"))
+
+
+def build_hypotheses(table: pd.DataFrame, snap: Snapshots, series: pd.DataFrame, incident,
+                     slo_hit: float) -> list[Hypothesis]:
+    return rank([
+        cache_hypothesis(table, snap, slo_hit),
+        database_hypothesis(table, snap),
+        application_hypothesis(table, snap, series, incident),
+        infrastructure_hypothesis(table),
+    ])
+
+
+def hypotheses_frame(hyps: list[Hypothesis]) -> pd.DataFrame:
+    return pd.DataFrame([{"rank": i + 1, "category": h.category, "hypothesis": h.title,
+                          "confidence": h.confidence, "level": h.confidence_label,
+                          "supporting": f"{sum(e.supports for e in h.evidence)}/{len(h.evidence)}",
+                          "verdict": "disproved" if h.disproved else "supported"}
+                         for i, h in enumerate(hyps)]).set_index("rank")
+
+
+def evidence_frame(h: Hypothesis) -> pd.DataFrame:
+    return pd.DataFrame([{"check": e.check, "observed": e.observed, "supports": "yes" if e.supports else "no",
+                          "weight": e.weight} for e in h.evidence])

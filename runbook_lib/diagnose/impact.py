@@ -1,0 +1,103 @@
+"""Impact assessment: the remediation actions, ordered by expected gain for the effort and risk.
+
+Each supported hypothesis proposes actions. An action's expected gain is the share of the p95
+excess (incident p95 minus SLO) it should remove, judged from the evidence weight behind it; the
+priority score is gain / (effort_hours * risk factor). The phases follow the seed's plan:
+immediate (minutes, reversible config), short term (hours: indexes, pool), long term (code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from .hypotheses import Hypothesis
+
+RISK_FACTOR = {"low": 1.0, "medium": 2.0, "high": 4.0}
+PHASE_ORDER = {"immediate": 0, "short-term": 1, "long-term": 2}
+
+
+@dataclass
+class PlannedAction:
+    id: str
+    phase: str  # immediate | short-term | long-term
+    title: str
+    cause: str  # hypothesis category
+    kind: str  # executor kind, or "recommendation" when the runbook does not change it itself
+    inputs: dict
+    expected_gain: float  # share of the p95 excess expected to go away (0..1)
+    effort_hours: float
+    risk: str
+    reason: str
+    executable: bool = True
+    depends_on: list[str] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return round(self.expected_gain / (self.effort_hours * RISK_FACTOR[self.risk]), 3)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["score"] = self.score
+        return d
+
+
+def _gain(h: Hypothesis, share: float) -> float:
+    return round(h.confidence * share, 3)
+
+
+def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config: dict | None,
+            index_candidates: list[dict]) -> list[PlannedAction]:
+    """Actions for every supported hypothesis. ``index_candidates``: [{table, columns, reason}]."""
+    by = {h.category: h for h in hyps if not h.disproved}
+    cfg = app_config or {}
+    out: list[PlannedAction] = []
+    if "cache" in by:
+        h = by["cache"]
+        out += [
+            PlannedAction("app-cache-keys", "immediate", "Normalize cache keys (drop timestamp and cache-buster parts)",
+                          "cache", "app.config", {"cache_key_scheme": "normalized"}, _gain(h, 0.45), 0.25, "low",
+                          "most sampled keys are single-use; normalized keys are reused across requests"),
+            PlannedAction("app-cache-ttl", "immediate", "Raise the response cache TTL to 300 s", "cache", "app.config",
+                          {"cache_ttl_s": 300}, _gain(h, 0.2), 0.25, "low",
+                          f"TTL is {cfg.get('cache_ttl_s', '?')} s, shorter than the reuse interval of hot keys"),
+            PlannedAction("redis-maxmemory", "immediate", "Give Redis room for the working set and evict by LRU",
+                          "cache", "redis.config_set", {"maxmemory": "512mb", "maxmemory-policy": "allkeys-lru"},
+                          _gain(h, 0.1), 0.25, "low", "used memory is at maxmemory and keys are evicted"),
+            PlannedAction("cache-warm", "immediate", "Warm the most requested keys", "cache", "cache.warm",
+                          {"top_n": 5000}, _gain(h, 0.05), 0.5, "low",
+                          "avoids a cold-cache stampede right after the key change",
+                          depends_on=["app-cache-keys", "app-cache-ttl"]),
+        ]
+    if "database" in by:
+        h = by["database"]
+        for c in index_candidates:
+            name = f"pg-index-{c['table']}-{'-'.join(c['columns'])}"
+            out.append(PlannedAction(name, "short-term", f"Index {c['table']}({', '.join(c['columns'])})",
+                                     "database", "postgres.create_index",
+                                     {"table": c["table"], "columns": list(c["columns"])},
+                                     _gain(h, c.get("share", 0.3)), 1.0, "medium", c["reason"]))
+        if statements is not None and len(statements):
+            from .db import n_plus_one
+
+            for qid, row in n_plus_one(statements).iterrows():
+                out.append(PlannedAction(f"rewrite-n-plus-one-{abs(int(qid)) % 10**8}", "long-term",
+                                         "Load orders with one JOIN instead of one query per user", "database",
+                                         "recommendation", {"queryid": int(qid), "query": row.query},
+                                         _gain(h, 0.3), 8.0, "medium",
+                                         f"{row.calls_per_request:.0f} calls per request", executable=False))
+    if "application" in by:
+        h = by["application"]
+        out.append(PlannedAction("app-pool", "short-term", "Size the DB pool from measured concurrency",
+                                 "application", "app.config", {"db_pool_timeout_s": 2.0}, _gain(h, 0.1), 0.5,
+                                 "medium", "pool waits turn into 5xx; a longer acquire timeout trades errors for "
+                                 "latency until the queries are fast again"))
+    return sorted(out, key=lambda a: (PHASE_ORDER[a.phase], -a.score, a.id))
+
+
+def actions_frame(actions: list[PlannedAction]) -> pd.DataFrame:
+    return pd.DataFrame([{"phase": a.phase, "action": a.title, "cause": a.cause, "expected gain": a.expected_gain,
+                          "effort (h)": a.effort_hours, "risk": a.risk, "score": a.score,
+                          "executor": a.kind, "why": a.reason} for a in actions],
+                        index=pd.Index([a.id for a in actions], name="id"))

@@ -1,0 +1,88 @@
+"""Index candidates from the statements' WHERE / ORDER BY columns (pglast parse trees).
+
+This is the first, structural pass: for single-table SELECTs that hit a seq-scan-heavy table, the
+equality-filtered columns followed by the ORDER BY columns, skipping indexes that already cover
+that prefix. The HypoPG what-if evaluation of each candidate lives with the PostgreSQL executor.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pglast
+from pglast import ast
+from pglast.enums import A_Expr_Kind, BoolExprType
+
+# At most this many columns per candidate: wider indexes rarely pay for their write cost.
+MAX_INDEX_COLUMNS = 2
+
+
+def _colname(node) -> str | None:
+    if isinstance(node, ast.ColumnRef) and node.fields and isinstance(node.fields[-1], ast.String):
+        return node.fields[-1].sval
+    return None
+
+
+def _equality_columns(node, out: list[str]) -> None:
+    if isinstance(node, ast.BoolExpr) and node.boolop == BoolExprType.AND_EXPR:
+        for arg in node.args:
+            _equality_columns(arg, out)
+    elif isinstance(node, ast.A_Expr) and node.kind == A_Expr_Kind.AEXPR_OP:
+        op = node.name[-1].sval if node.name else ""
+        if op in ("=", ">", ">=", "<", "<="):
+            for side in (node.lexpr, node.rexpr):
+                c = _colname(side)
+                if c and c not in out:
+                    out.append(c)
+
+
+def statement_columns(query: str) -> tuple[str, list[str], list[str]] | None:
+    """(table, filter columns, order-by columns) of a single-table SELECT, else None."""
+    try:
+        stmts = pglast.parse_sql(query)
+    except pglast.parser.ParseError:
+        return None
+    if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.SelectStmt):
+        return None
+    sel = stmts[0].stmt
+    if not sel.fromClause or len(sel.fromClause) != 1 or not isinstance(sel.fromClause[0], ast.RangeVar):
+        return None
+    table = sel.fromClause[0].relname
+    filters: list[str] = []
+    if sel.whereClause is not None:
+        _equality_columns(sel.whereClause, filters)
+    order = [c for c in (_colname(s.node) for s in (sel.sortClause or ())) if c]
+    return table, filters, order
+
+
+def _existing_prefixes(indexes: pd.DataFrame) -> dict[str, list[tuple[str, ...]]]:
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for _, row in indexes.iterrows():
+        if not row.get("valid", True):
+            continue
+        inside = row["indexdef"].split("(", 1)[-1].rsplit(")", 1)[0]
+        cols = tuple(c.strip().split(" ")[0].strip('"') for c in inside.split(","))
+        out.setdefault(row["tablename"], []).append(cols)
+    return out
+
+
+def candidates(statements: pd.DataFrame, heavy_tables: list[str], indexes: pd.DataFrame) -> list[dict]:
+    """[{table, columns, reason, share}] for statements on seq-scan-heavy tables, biggest DB time first."""
+    existing = _existing_prefixes(indexes)
+    seen: set[tuple] = set()
+    out = []
+    for _, row in statements.iterrows():
+        parsed = statement_columns(row["query"])
+        if not parsed:
+            continue
+        table, filters, order = parsed
+        if table not in heavy_tables or not filters:
+            continue
+        cols = tuple(list(dict.fromkeys(filters + order))[:MAX_INDEX_COLUMNS])
+        covered = any(ix[: len(cols)] == cols for ix in existing.get(table, []))
+        if covered or (table, cols) in seen:
+            continue
+        seen.add((table, cols))
+        out.append({"table": table, "columns": list(cols), "share": round(float(row["time_share"]), 3),
+                    "reason": f"{row['time_share']:.0%} of DB time scans {table} filtering on "
+                              f"{', '.join(filters)}" + (f" ordered by {', '.join(order)}" if order else "")})
+    return out

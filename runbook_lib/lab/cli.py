@@ -1,0 +1,133 @@
+"""``runbook lab up | load | status | down | config | profile``: the incident lab from the command line.
+
+Registered by ``runbook_lib.cli`` through ``register(subparsers)``. Handlers raise RunbookError
+subclasses for expected failures; the main CLI prints them with their hint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .config import CONFIG_FILE, PROFILES, parse_assignments, patch_config, read_config
+from .errors import LabNotRunning
+
+
+def _state(args) -> Path:
+    from .stack import state_dir
+
+    return Path(args.state).resolve() if args.state else state_dir()
+
+
+def _cmd_up(args) -> int:
+    from .stack import up
+
+    info = up(_state(args), scale=args.scale, seed_value=args.seed, profile=args.profile, ports=args.ports)
+    if info["already_running"]:
+        print(f"lab already running in {info['state']} ({info['profile']}); 'runbook lab status' shows where")
+        return 0
+    t = info["timings"]
+    print(f"lab up in {info['state']} ({info['profile']} profile, scale {info['scale']}, seed {info['seed']})")
+    print(f"  backend     {info['backend_url']}")
+    print(f"  prometheus  {info['prometheus_url']}")
+    print(f"  postgres    {info['dsn']}")
+    print(f"  redis       {info['redis_url']}")
+    print(f"  ready in {t['ready_s']:.1f} s (seeding {t['seed_s']:.1f} s"
+          f"{', data kept from an earlier run' if not info.get('seed_timings') else ''})")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from .stack import status
+
+    st = status(_state(args))
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0 if st["running"] else 1
+    word = "running" if st["running"] else ("partly running (run 'runbook lab down')" if st["partial"] else "down")
+    print(f"lab in {st['state']}: {word}" + (f", profile {st.get('profile')}" if st.get("profile") else ""))
+    for name, c in st["components"].items():
+        where = f"pid {c['pid']:<7} {c['url']}" if "pid" in c else ""
+        print(f"  {name:<11} {'up  ' if c['running'] else 'down'}  {where}")
+    return 0 if st["running"] else 1
+
+
+def _cmd_down(args) -> int:
+    from .stack import down
+
+    stopped = down(_state(args))
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def _cmd_load(args) -> int:
+    from .load import LoadSpec, run_load_sync
+    from .seed import SeedSize
+    from .stack import read_lab, status
+
+    state = _state(args)
+    if not status(state)["running"]:
+        raise LabNotRunning(f"the lab in {state} is not running")
+    lab = read_lab(state)
+    spec = LoadSpec(duration_s=args.duration, max_requests=args.max_requests, rate=args.rate,
+                    concurrency=args.concurrency, users=SeedSize.at_scale(lab["scale"]).users, seed=args.seed)
+    print(f"load: {spec.rate:g} req/s for {spec.duration_s:g} s (at most {spec.max_requests} requests, "
+          f"{spec.concurrency} in flight) -> {lab['backend_url']}", flush=True)
+    report = run_load_sync(lab["backend_url"], spec).summary()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_config(args) -> int:
+    path = _state(args) / CONFIG_FILE
+    cfg = patch_config(path, **parse_assignments(args.set)) if args.set else read_config(path)
+    print(json.dumps(cfg.as_dict(), indent=2))
+    return 0
+
+
+def _cmd_profile(args) -> int:
+    from .stack import apply_profile
+
+    for action in apply_profile(args.profile, _state(args)):
+        print(action)
+    return 0
+
+
+def register(subparsers) -> None:
+    lab = subparsers.add_parser("lab", help="the incident lab: real PostgreSQL, Redis, Prometheus and backend")
+    sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state", help="lab state folder (default: $RUNBOOK_LAB_DIR or /tmp/runbook-lab-<hash>)")
+
+    p = sub.add_parser("up", parents=[common], help="start the lab (degraded by default); idempotent")
+    p.add_argument("--scale", type=float, default=1.0, help="data size; 1.0 = 100k users, 1M orders, 50k products")
+    p.add_argument("--seed", type=int, default=42, help="data seed (default: %(default)s)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="degraded",
+                   help="start as the incident (degraded) or its healthy baseline (default: %(default)s)")
+    p.add_argument("--ports", choices=("preferred", "free"), default="preferred",
+                   help="preferred: well-known ports 15432/16379/18080/19090 when free; free: any free ports")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("status", parents=[common], help="what runs where (exit 1 when not fully running)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("down", parents=[common], help="stop everything up started, by PID (works after a crash)")
+    p.set_defaults(func=_cmd_down)
+
+    p = sub.add_parser("load", parents=[common], help="send bounded loopback load with Zipf popularity")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=40.0, help="requests per second (default: %(default)s)")
+    p.add_argument("--concurrency", type=int, default=64, help="max requests in flight (default: %(default)s)")
+    p.add_argument("--max-requests", type=int, default=100_000, help="request budget (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=_cmd_load)
+
+    p = sub.add_parser("config", parents=[common], help="show or patch the backend knobs (live, no restart)")
+    p.add_argument("set", nargs="*", metavar="KEY=VALUE", help="e.g. cache_ttl_s=300 orders_query=join")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("profile", parents=[common], help="switch a running lab to the degraded or healthy preset")
+    p.add_argument("profile", choices=sorted(PROFILES))
+    p.set_defaults(func=_cmd_profile)

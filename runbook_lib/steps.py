@@ -1,0 +1,235 @@
+"""The work behind each notebook, one function per step, so each notebook cell is one call.
+
+Each function takes what the step reads (signals, the previous step's JSON) and returns plain
+objects: tables for display and the payload the step writes for the next one. The conclusion
+texts are generated from the numbers, so they stay true for any incident bundle.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .diagnose import compare as compare_dx
+from .diagnose import impact as impact_dx
+from .diagnose import index_candidates as ix_dx
+from .diagnose.db import seq_scan_heavy
+from .diagnose.hypotheses import Evidence, Hypothesis, Snapshots, build_hypotheses
+from .diagnose.symptoms import first_movers, symptom_table
+from .diagnose.window import IncidentWindow, find_incident_window
+from .signals import CATALOG, PRIMARY_SIGNAL
+
+# Rounding for display: enough digits to read, few enough to stay stable.
+DISPLAY_DECIMALS = 3
+
+
+def _fmt(v: float, unit: str) -> str:
+    if pd.isna(v):
+        return "-"
+    if unit == "ratio":
+        return f"{v:.1%}"
+    if unit == "ms":
+        return f"{v:,.1f} ms"
+    return f"{v:,.1f}"
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """Rows for JSON: numbers rounded to 6 digits, timestamps as ISO strings."""
+    t = table.reset_index()
+    for col in t.columns:
+        if pd.api.types.is_datetime64_any_dtype(t[col]):
+            t[col] = t[col].map(lambda v: v.isoformat() if pd.notna(v) else None)
+        elif pd.api.types.is_float_dtype(t[col]):
+            t[col] = t[col].round(6)
+    return t.to_dict(orient="records")
+
+
+# --- 01 symptom correlation ----------------------------------------------------------------------
+
+def window_frame(win: IncidentWindow) -> pd.DataFrame:
+    rows = []
+    for name, span, level in (("baseline", win.baseline, win.baseline_level),
+                              ("incident", win.incident, win.incident_level),
+                              ("recovery", win.recovery, win.recovery_level)):
+        if span is None:
+            rows.append({"window": name, "start (UTC)": "-", "end (UTC)": "-", "minutes": 0, f"median {win.signal}": None})
+            continue
+        rows.append({"window": name, "start (UTC)": f"{span[0]:%Y-%m-%d %H:%M:%S}", "end (UTC)": f"{span[1]:%H:%M:%S}",
+                     "minutes": round((span[1] - span[0]).total_seconds() / 60, 1),
+                     f"median {win.signal}": round(level, 1)})
+    return pd.DataFrame(rows).set_index("window")
+
+
+def symptoms(df: pd.DataFrame, step_seconds: int):
+    """(window, full table, display table, payload) for 01."""
+    win = find_incident_window(df[PRIMARY_SIGNAL], CATALOG[PRIMARY_SIGNAL].higher_is_worse)
+    table = symptom_table(df, win, step_seconds)
+    display = pd.DataFrame({
+        "signal": [CATALOG[s].label for s in table.index],
+        "baseline": [_fmt(r.baseline, r.unit) for r in table.itertuples()],
+        "incident": [_fmt(r.incident, r.unit) for r in table.itertuples()],
+        "change": [f"{r.ratio:.2f}x" if pd.notna(r.ratio) else "-" for r in table.itertuples()],
+        "worse": ["yes" if r.worse else "" for r in table.itertuples()],
+        "moved at (UTC)": [f"{r.onset:%H:%M:%S}" if pd.notna(r.onset) else "-" for r in table.itertuples()],
+        "before p95 by": [f"{r.leads_primary_by_s:+.0f} s" if pd.notna(r.leads_primary_by_s) else "-"
+                          for r in table.itertuples()],
+        "rho vs p95": [round(r.spearman_vs_primary, 2) if pd.notna(r.spearman_vs_primary) else None
+                       for r in table.itertuples()],
+    }, index=table.index)
+    payload = {"window": win.as_dict(), "step_seconds": step_seconds, "first_movers": first_movers(table),
+               "signals": _records(table)}
+    return win, table, display, payload
+
+
+def symptoms_conclusion(win: IncidentWindow, table: pd.DataFrame) -> str:
+    movers = first_movers(table)
+    unchanged = [CATALOG[s].label for s in table.index if not table.loc[s, "changed"]]
+    first = table.dropna(subset=["onset"]).iloc[0] if table["onset"].notna().any() else None
+    lines = [f"**Concluded.** {CATALOG[win.signal].label} went from {win.baseline_level:.0f} ms to "
+             f"{win.incident_level:.0f} ms ({win.ratio:.1f}x) at {win.incident[0]:%H:%M:%S} UTC"
+             + (f" and recovered to {win.recovery_level:.0f} ms at {win.recovery[0]:%H:%M:%S}." if win.recovery
+                else "; it has not recovered in this window.")]
+    if first is not None:
+        lines.append(f"The first signal to move was **{CATALOG[first.name].label}** at {first.onset:%H:%M:%S}, "
+                     f"{first.leads_primary_by_s:.0f} s before p95.")
+    if movers:
+        lines.append("Moved before or with p95 (cause side): " + ", ".join(CATALOG[m].label for m in movers) + ".")
+    if unchanged:
+        lines.append("Did not change: " + ", ".join(unchanged) + ".")
+    return "\n\n".join(lines)
+
+
+# --- 02 root cause -------------------------------------------------------------------------------
+
+def load_window(symptoms_json: dict) -> IncidentWindow:
+    return IncidentWindow.from_dict(symptoms_json["window"])
+
+
+def symptom_frame(symptoms_json: dict) -> pd.DataFrame:
+    t = pd.DataFrame(symptoms_json["signals"]).set_index("signal")
+    t["onset"] = pd.to_datetime(t["onset"], utc=True)
+    return t
+
+
+def root_cause(df: pd.DataFrame, symptoms_json: dict, snap: Snapshots, slo_hit: float):
+    win = load_window(symptoms_json)
+    table = symptom_frame(symptoms_json)
+    hyps = build_hypotheses(table, snap, df, win.incident, slo_hit)
+    candidates = []
+    if snap.statements is not None and snap.tables is not None and snap.indexes is not None:
+        heavy = list(seq_scan_heavy(snap.tables).index)
+        candidates = ix_dx.candidates(snap.statements, heavy, snap.indexes)
+    return hyps, candidates
+
+
+def statements_frame(snap: Snapshots, top: int = 8) -> pd.DataFrame:
+    s = snap.statements.head(top)
+    return pd.DataFrame({"query": s["query"].str.slice(0, 90), "calls/request": s["calls_per_request"].round(2),
+                         "rows/call": s["rows_per_call"].round(1), "mean ms": s["mean_ms"].round(2),
+                         "share of DB time": (s["time_share"] * 100).round(1).astype(str) + "%"},
+                        index=s.index.rename("queryid"))
+
+
+def findings_payload(hyps: list[Hypothesis], candidates: list[dict], snap: Snapshots, meta: dict) -> dict:
+    out = {"hypotheses": [h.as_dict() for h in hyps], "index_candidates": candidates,
+           "app_config": snap.app_config, "snapshots": meta}
+    if snap.statements is not None:
+        out["statements"] = _records(snap.statements)
+    if snap.redis is not None:
+        out["redis"] = snap.redis
+    return out
+
+
+def root_cause_conclusion(hyps: list[Hypothesis]) -> str:
+    supported = [h for h in hyps if not h.disproved]
+    disproved = [h for h in hyps if h.disproved]
+    lines = []
+    if supported:
+        top = supported[0]
+        lines.append(f"**Concluded.** Most likely cause: **{top.category}**: {top.title.lower()} "
+                     f"(confidence {top.confidence:.0%}).")
+        if len(supported) > 1:
+            lines.append("Contributing: " + "; ".join(f"{h.category} ({h.confidence:.0%})" for h in supported[1:]) + ".")
+    else:
+        lines.append("**Concluded.** No hypothesis is supported by the evidence: widen the window or add signals.")
+    if disproved:
+        lines.append("Ruled out: " + "; ".join(f"{h.category} ({h.confidence:.0%}: {h.disprove_by.lower()})"
+                                               for h in disproved))
+    return "\n\n".join(lines)
+
+
+def hypotheses_from_json(findings: dict) -> list[Hypothesis]:
+    hyps = []
+    for d in findings["hypotheses"]:
+        h = Hypothesis(d["category"], d["title"], d["statement"], d["disprove_by"],
+                       [Evidence(**e) for e in d["evidence"]], d.get("first_onset"))
+        hyps.append(h)
+    return hyps
+
+
+# --- 03 impact -----------------------------------------------------------------------------------
+
+def impact(findings: dict) -> list[impact_dx.PlannedAction]:
+    hyps = hypotheses_from_json(findings)
+    statements = None
+    if findings.get("statements"):
+        statements = pd.DataFrame(findings["statements"]).set_index("queryid")
+    return impact_dx.propose(hyps, statements, findings.get("app_config"), findings.get("index_candidates", []))
+
+
+def impact_conclusion(actions: list[impact_dx.PlannedAction]) -> str:
+    if not actions:
+        return "**Concluded.** Nothing to do: no supported cause proposes an action."
+    first = [a for a in actions if a.phase == "immediate"]
+    execs = [a for a in actions if a.executable]
+    lines = [f"**Concluded.** {len(actions)} actions, {len(execs)} of them executable by the runbook."]
+    if first:
+        lines.append("Do first (minutes, low risk, reversible): " + "; ".join(a.title for a in first) + ".")
+    later = [a for a in actions if a.phase != "immediate"]
+    if later:
+        lines.append("Then: " + "; ".join(f"{a.title} ({a.phase})" for a in later) + ".")
+    return "\n\n".join(lines)
+
+
+# --- 05 validation -------------------------------------------------------------------------------
+
+def validation_windows(symptoms_json: dict, remediation: dict | None) -> tuple[tuple, tuple, tuple]:
+    """(baseline, before, after). After = the recovery window the data shows (fixture), else after
+    the last applied change."""
+    win = load_window(symptoms_json)
+    if win.recovery is None:
+        from .errors import RunbookError
+
+        raise RunbookError("no recovery in the data yet: the window ends while p95 is still at its incident level",
+                           hint="re-run 05 once the remediation has had time to act (or widen window.end)")
+    return win.baseline, win.incident, win.recovery
+
+
+def validation(df: pd.DataFrame, symptoms_json: dict, remediation: dict | None, slo):
+    baseline, before, after = validation_windows(symptoms_json, remediation)
+    table = compare_dx.compare(df, baseline, before, after, slo)
+    verdict = compare_dx.overall(table)
+    display = pd.DataFrame({
+        "signal": table["label"],
+        "baseline": [_fmt(v, CATALOG[s].unit) for s, v in table["baseline"].items()],
+        "before (incident)": [_fmt(v, CATALOG[s].unit) for s, v in table["before"].items()],
+        "after": [_fmt(v, CATALOG[s].unit) for s, v in table["after"].items()],
+        "after/before": table["after/before"].round(3),
+        "p (Mann-Whitney)": table["p_value"].map(lambda p: "-" if pd.isna(p) else f"{p:.1e}"),
+        "target": table["target"], "verdict": table["verdict"]})
+    payload = {"windows": {"baseline": [baseline[0].isoformat(), baseline[1].isoformat()],
+                           "before": [before[0].isoformat(), before[1].isoformat()],
+                           "after": [after[0].isoformat(), after[1].isoformat()]},
+               "verdict": verdict, "signals": _records(table)}
+    return (baseline, before, after), table, display, verdict, payload
+
+
+def validation_conclusion(verdict: dict, table: pd.DataFrame) -> str:
+    p95 = table.loc["latency_p95_ms"] if "latency_p95_ms" in table.index else None
+    lines = [f"**Concluded. {verdict['verdict']}.** Score {verdict['score']:.0f}/100 "
+             f"(share of signals back within SLO or baseline)."]
+    if p95 is not None:
+        lines.append(f"p95 {p95.before:.0f} ms -> {p95.after:.0f} ms ({p95['after/before']:.3f}x), "
+                     f"baseline {p95.baseline:.0f} ms.")
+    if verdict["failing"]:
+        lines.append("Still off: " + ", ".join(CATALOG[s].label for s in verdict["failing"]) + ".")
+    return "\n\n".join(lines)
