@@ -1,0 +1,100 @@
+"""Shared helpers and fixtures for the action framework tests (imported by tests/test_actions_*.py).
+
+Every check of server state goes through its own connection, never through the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+import yaml
+from psycopg import sql
+
+from runbook_lib.rundir import AUDIT_FILE
+from runbook_lib.settings import Settings
+
+PLANTED = "planted-s3cret-XYZ"
+PG_SECRET_ENV = "RUNBOOK_SECRET_PG"
+REDIS_SECRET_ENV = "RUNBOOK_SECRET_REDIS"
+ROWS = 2000  # enough rows for a real index build, small enough to build in milliseconds
+
+
+@pytest.fixture
+def pg_dsn(private_postgres):
+    """A fresh database with an ``orders`` table on the private server; dropped afterwards."""
+    name = f"act_{uuid.uuid4().hex[:12]}"
+    admin = private_postgres.dsn("postgres")
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = private_postgres.dsn(name)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int NOT NULL, "
+                  "created_at timestamptz NOT NULL DEFAULT now(), status text)")
+        c.execute("INSERT INTO orders (user_id, created_at, status) "
+                  "SELECT g %% 97, now() - g * interval '1 minute', 'paid' FROM generate_series(1, %s) g", (ROWS,))
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def pg_indexes(dsn: str, table: str = "orders") -> list[tuple]:
+    """The table's indexes as the server reports them: (name, definition, valid)."""
+    with psycopg.connect(dsn) as c:
+        return c.execute(
+            "SELECT c.relname::text, pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass ORDER BY 1", (table,)
+        ).fetchall()
+
+
+def redis_config(url: str, password: str | None = None) -> dict[str, str]:
+    """Every runtime parameter the server reports (CONFIG GET *)."""
+    with redis.Redis.from_url(url, password=password, decode_responses=True, socket_timeout=10) as r:
+        return r.config_get("*")
+
+
+def make_settings(*, pg_dsn: str | None = None, redis_url: str | None = None, mode: str = "lab",
+                  apply: bool = False, approved_by: str | None = None, change_ticket: str | None = None,
+                  auto_rollback: bool = False, pg_secret: bool = False, redis_secret: bool = False) -> Settings:
+    data: dict = {
+        "incident": {"id": "t-actions", "title": "action framework test"},
+        "mode": mode,
+        "source": {"kind": "fixture", "bundle": "fixtures/d2-latency"},
+        "remediation": {"apply": apply, "approved_by": approved_by, "change_ticket": change_ticket,
+                        "auto_rollback": auto_rollback},
+    }
+    if pg_dsn:
+        data["postgres"] = {"dsn": pg_dsn, **({"password": {"env": PG_SECRET_ENV}} if pg_secret else {})}
+    if redis_url:
+        data["redis"] = {"url": redis_url, **({"password": {"env": REDIS_SECRET_ENV}} if redis_secret else {})}
+    return Settings.model_validate(data)
+
+
+def write_parameters(run_dir: Path, settings: Settings) -> Path:
+    path = run_dir / "parameters.yaml"
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return path
+
+
+def audit_lines(run_dir: Path) -> list[dict]:
+    """Strict reader: every line must parse (the code's tolerant reader is not trusted here)."""
+    path = run_dir / AUDIT_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def steps(run_dir: Path, action_id: str | None = None) -> list[str]:
+    return [r["step"] for r in audit_lines(run_dir) if action_id is None or r.get("action_id") == action_id]
+
+
+def assert_no_secret(run_dir: Path, *texts: str) -> None:
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            assert PLANTED not in f.read_text(errors="replace"), f"secret leaked into {f.name}"
+    for t in texts:
+        assert PLANTED not in t
