@@ -70,9 +70,11 @@ def _advance(h: History, rec: dict[str, Any], n: int) -> None:
         h.cycle_changed = h.cycle_changed or bool(rec.get("changed"))
         h.state = "applied" if h.cycle_changed else "noop"
     elif step == "failed" and h.state in UNRESOLVED_STATES:
-        h.state = "uncertain"  # the step raised midway; the server may or may not have changed
+        # the step raised midway; the server may or may not have changed: undo to the prior to be sure
+        h.state, h.cycle_changed = "uncertain", True
     elif step == "discovered":
         h.state = "applied" if rec.get("applied_on_server") else "uncertain"
+        h.cycle_changed = True
     elif step == "rolling_back":
         h.state = "rolling_back"
     elif step == "rolled_back":
