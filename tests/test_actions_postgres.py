@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 import test_actions_support
 from test_actions_support import (
@@ -15,6 +16,7 @@ from test_actions_support import (
 )
 
 from runbook_lib.actions import (
+    ActionFailed,
     ActionInputError,
     ApprovalRequired,
     CreateIndex,
@@ -152,3 +154,19 @@ def test_planted_password_is_in_no_audit_line(pg_dsn, run_dir, monkeypatch):
     table = plans_frame([INDEX]).to_string() + outcomes_frame(outcomes).to_string()
     assert_no_secret(run_dir, table)
     assert (run_dir / "parameters.yaml").read_text().count(PG_SECRET_ENV) == 1  # the reference, not the value
+
+
+def test_lock_timeout_bounds_the_wait_and_the_failure_is_audited(pg_dsn, run_dir):
+    quick = CreateIndex(table="orders", columns=["user_id"], lock_timeout_ms=100)
+    before = pg_indexes(pg_dsn)
+    with psycopg.connect(pg_dsn) as blocker:  # an open transaction holding the table lock
+        blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(ActionFailed, match="lock timeout") as err:
+            execute([quick], make_settings(pg_dsn=pg_dsn, apply=True), run_dir)
+        blocker.rollback()
+    assert "runbook rollback" in str(err.value)
+    assert pg_indexes(pg_dsn) == before
+    failed = audit_lines(run_dir)[-1]
+    assert (failed["step"], failed["phase"], failed["result"]) == ("failed", "apply", "failed")
+    [o] = rollback_run(run_dir, apply=True)
+    assert o.status == "nothing to undo" and pg_indexes(pg_dsn) == before

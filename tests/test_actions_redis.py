@@ -14,7 +14,17 @@ from test_actions_support import (
     steps,
 )
 
-from runbook_lib.actions import ActionInputError, RedisConfigSet, execute, outcomes_frame, rollback_run
+from runbook_lib.actions import (
+    ActionInputError,
+    RedisConfigSet,
+    VerifyFailed,
+    VerifyResult,
+    by_signal,
+    execute,
+    outcomes_frame,
+    register_action,
+    rollback_run,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -114,3 +124,35 @@ def test_planted_redis_password_is_in_no_audit_line(private_redis, run_dir, monk
     assert_no_secret(run_dir, outcomes_frame([o]).to_string())
     # requirepass is not something the action may read or change: never captured
     assert all("requirepass" not in str(r) for r in audit_lines(run_dir))
+
+
+@register_action
+class _NeverInEffect(RedisConfigSet):
+    """A config change whose effect never shows: exercises the verify failure path."""
+
+    kind = "test.redis_config_never_in_effect"
+
+    def verify(self, targets):
+        return VerifyResult(False, "simulated: the new value is not visible")
+
+
+def test_verify_failure_stops_the_run_keeps_the_log_consistent_and_can_be_undone(private_redis, run_dir):
+    before = redis_config(private_redis.url)
+    action = _NeverInEffect(config=CHANGE)
+    later = RedisConfigSet(config={"maxmemory-samples": "9"})
+    with pytest.raises(VerifyFailed, match="not in effect") as err:
+        execute([action, later], make_settings(redis_url=private_redis.url, apply=True), run_dir)
+    assert "runbook rollback" in str(err.value) and action.id in str(err.value)
+    assert steps(run_dir, action.id)[-3:] == ["applied", "verified", "failed"]
+    assert steps(run_dir, later.id) == ["planned"]  # nothing after the failure ran
+    assert redis_config(private_redis.url)["maxmemory-samples"] == before["maxmemory-samples"]
+    rollback_run(run_dir, apply=True)  # rebuilt from the audit log through the registry
+    assert redis_config(private_redis.url) == before
+
+
+def test_verify_loop_with_by_signal(private_redis, run_dir):
+    readings = {"cache_hit_ratio": iter([0.1, 0.9])}
+    settings = make_settings(redis_url=private_redis.url, apply=True)
+    [o] = execute([RedisConfigSet(config=CHANGE)], settings, run_dir,
+                  measure=by_signal(lambda name: next(readings[name])), verify_samples=1, verify_window_s=0)
+    assert (o.before, o.after, o.effect) == (0.1, 0.9, "helped")

@@ -159,3 +159,12 @@ def test_history_replay():
     assert to_undo(done) == []
     noop = [{**rec, "step": "applying", "prior": {"maxmemory": "1048576"}}, {**rec, "step": "applied"}]
     assert histories(noop)["a"].state == "noop" and to_undo(noop) == []
+
+
+def test_a_password_planted_in_a_dsn_is_refused_without_echoing_it(tmp_path):
+    for dsn in (f"host=db user=app password={PLANTED}", f"postgresql://app:{PLANTED}@db/shop"):
+        p = tmp_path / "p.yaml"
+        p.write_text(f"incident: {{id: x, title: t}}\nsource: {{kind: fixture, bundle: b}}\npostgres: {{dsn: '{dsn}'}}\n")
+        with pytest.raises(SettingsError) as err:
+            load_settings(p)
+        assert "carries a password" in str(err.value) and PLANTED not in str(err.value)

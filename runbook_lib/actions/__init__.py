@@ -39,7 +39,7 @@ from .gate import Decision, decide
 from .postgres_index import CreateIndex
 from .redis_config import RedisConfigSet
 from .rollback import histories, rollback_run, unresolved
-from .runner import EFFECT_THRESHOLD, classify, execute, outcomes_frame, plans_frame
+from .runner import EFFECT_THRESHOLD, by_signal, classify, execute, outcomes_frame, plans_frame
 from .targets import Targets
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "VerifyResult",
     "action_kinds",
     "build_action",
+    "by_signal",
     "classify",
     "decide",
     "execute",

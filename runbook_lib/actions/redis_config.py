@@ -132,8 +132,8 @@ class RedisConfigSet(Action):
     # --- server side ------------------------------------------------------------------------
 
     def capture(self, targets) -> dict[str, Any]:
-        got = targets.redis().config_get(*self.names)
-        return {k: got.get(k) for k in self.names}
+        client = targets.redis()
+        return {k: client.config_get(k).get(k) for k in self.names}  # one name per call: works before Redis 7
 
     def _matches(self, state: dict[str, Any], wanted: dict[str, Any]) -> bool:
         return all(canonical(k, state.get(k)) == canonical(k, wanted[k]) for k in self.names)

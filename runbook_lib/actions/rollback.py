@@ -124,12 +124,17 @@ def undo(action: Action, targets: Targets, log: AuditLog, prior: dict[str, Any],
     try:
         result = action.rollback(targets, prior)
         after = action.capture(targets)
+    except KeyboardInterrupt:
+        log.append("failed", **common, result="interrupted", phase="rollback", error="interrupted (Ctrl-C)",
+                   duration_s=sw.seconds())
+        raise
     except Exception as e:  # noqa: BLE001 - any failure is audited, then reported typed
         msg = redact_text(f"{type(e).__name__}: {e}")
-        log.append("failed", **common, phase="rollback", error=msg, duration_s=sw.seconds())
+        log.append("failed", **common, result="failed", phase="rollback", error=msg, duration_s=sw.seconds())
         raise ActionFailed(f"rollback of {action.id} failed: {msg}") from None
     restored = after == prior
-    log.append("rolled_back", **common, changed=result.changed, message=result.message, commands=result.commands,
+    log.append("rolled_back", **common, result="restored" if restored else "differs from prior",
+               changed=result.changed, message=result.message, commands=result.commands,
                restored=restored, state_after=after, prior=prior, reason=reason, duration_s=sw.seconds())
     if not restored:
         raise ActionFailed(f"rollback of {action.id} ran but the state differs from the prior state: "

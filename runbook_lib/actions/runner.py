@@ -211,14 +211,20 @@ def _run_one(action: Action, run: _Run) -> Outcome:
         result = action.apply(targets)
         if after_change_hook is not None:
             after_change_hook(action)
-        log.append("applied", **common, changed=result.changed, message=result.message,
+        log.append("applied", **common, result="changed" if result.changed else "already applied",
+                   changed=result.changed, message=result.message,
                    commands=result.commands, prior=prior, duration_s=sw.seconds())
         phase = "verify"
         vr = action.verify(targets)
-        log.append("verified", **common, ok=vr.ok, message=vr.message, observed=vr.observed,
+        log.append("verified", **common, result="ok" if vr.ok else "not in effect", ok=vr.ok,
+                   message=vr.message, observed=vr.observed,
                    duration_s=sw.seconds())
         if not vr.ok:
             raise VerifyFailed(f"applied but not in effect: {vr.message}")
+    except KeyboardInterrupt:
+        log.append("failed", **common, result="interrupted", phase=phase, error="interrupted (Ctrl-C)",
+                   duration_s=sw.seconds())
+        raise
     except Exception as e:  # noqa: BLE001 - audited first, then reported typed
         raise _failed(action, e, phase, common, sw, run) from None
     out = Outcome.for_action(action, "applied" if result.changed else "already applied", changed=result.changed,
@@ -234,7 +240,7 @@ def _failed(action: Action, err: Exception, phase: str, common: dict[str, Any], 
             run: _Run) -> RunbookError:
     """Audit the failure, then build the error to raise: the cause plus what is still applied."""
     msg = redact_text(str(err) if isinstance(err, RunbookError) else f"{type(err).__name__}: {err}")
-    run.log.append("failed", **common, phase=phase, error=msg, duration_s=sw.seconds())
+    run.log.append("failed", **common, result="failed", phase=phase, error=msg, duration_s=sw.seconds())
     changed = [o.action_id for o in run.done if o.changed and not o.rolled_back]
     if phase != "capture":
         changed.append(action.id + " (maybe)" if phase == "apply" else action.id)
@@ -256,6 +262,12 @@ def _measure_once(measure: Measure | None, action: Action) -> float | None:
     return None if v is None else float(v)
 
 
+def by_signal(read: Callable[[str], float | None]) -> Measure:
+    """A verify-loop ``measure`` from a function reading one catalog signal's current value by name:
+    each action is measured on its own ``effect_signal`` (index -> DB latency, cache -> hit ratio)."""
+    return lambda action: read(action.effect_signal)
+
+
 def measure_window(measure: Measure, action: Action, window_s: float, samples: int) -> float | None:
     """Median of ``samples`` measurements spread over ``window_s`` seconds (None values skipped)."""
     values = []
@@ -274,7 +286,8 @@ def _assess(action: Action, out: Outcome, run: _Run, fields: dict[str, Any], pri
     signal = CATALOG.get(action.effect_signal)
     out.effect = classify(out.before, out.after, signal.higher_is_worse if signal else True)
     auto = run.settings.remediation.auto_rollback and out.effect == "worse"
-    run.log.append("assessed", **_common(action, fields), signal=action.effect_signal, before=out.before,
+    run.log.append("assessed", **_common(action, fields), result=out.effect, signal=action.effect_signal,
+                   before=out.before,
                    after=out.after, effect=out.effect, threshold=EFFECT_THRESHOLD, window_s=run.window_s,
                    samples=run.samples, auto_rollback=auto)
     if auto:
