@@ -1,7 +1,7 @@
 """A bounded load generator for the lab: open-loop asyncio client, loopback only.
 
-Requests are sent at a fixed ``rate`` (open loop: a slow backend does not slow the arrivals, as with real
-users), at most ``concurrency`` in flight (beyond that a request is skipped and counted), for at most
+Requests arrive as a Poisson process of mean ``rate`` (open loop: a slow backend does not slow the
+arrivals, as with real users; random gaps make the short bursts that exhaust a small pool), at most ``concurrency`` in flight (beyond that a request is skipped and counted), for at most
 ``duration_s`` seconds and ``max_requests`` requests, both capped by ``MAX_DURATION_S``/``MAX_REQUESTS``.
 The request mix is fixed (``DEFAULT_MIX``); which user, page or category is asked for follows a Zipf law,
 so a few are popular (a cache can help) and most are in the long tail. A seed makes the sequence
@@ -157,13 +157,15 @@ async def run_load(base_url: str, spec: LoadSpec) -> LoadReport:
     check_loopback(base_url)
     spec.validate()
     report, next_path = LoadReport(), RequestMix(spec)
+    arrivals = random.Random(spec.seed + 1)
     limits = httpx.Limits(max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency)
     loop = asyncio.get_running_loop()
     cpu0, t0 = time.process_time(), loop.time()
     deadline, tasks = t0 + spec.duration_s, set()
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=spec.timeout_s) as client:
-        for i in range(spec.max_requests):
-            at = t0 + i / spec.rate
+        at = t0
+        for _ in range(spec.max_requests):
+            at += arrivals.expovariate(spec.rate)
             if at >= deadline:
                 break
             if at > loop.time():
