@@ -168,3 +168,12 @@ def test_a_password_planted_in_a_dsn_is_refused_without_echoing_it(tmp_path):
         with pytest.raises(SettingsError) as err:
             load_settings(p)
         assert "carries a password" in str(err.value) and PLANTED not in str(err.value)
+
+
+def test_impact_plan_inputs_build_actions_directly():
+    """plan.json (03) carries flat executor inputs; the registry takes them as they are."""
+    r = build_action("redis.config_set", {"maxmemory": "512mb", "maxmemory-policy": "allkeys-lru"})
+    assert r.plan().commands == ["CONFIG SET maxmemory 512mb maxmemory-policy allkeys-lru"]
+    assert build_action(r.kind, r.to_record()["inputs"]).id == r.id
+    i = build_action("postgres.create_index", {"table": "orders", "columns": ["user_id", "created_at"]})
+    assert i.id == "pg-index-orders-user_id-created_at"

@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from .base import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult, register_action, slug
 
@@ -62,6 +62,14 @@ def canonical(name: str, value: str | None) -> Any:
 
 class RedisConfigInputs(Inputs):
     config: dict[str, str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        """Also accept the flat form the impact plan uses: ``{maxmemory: 512mb, maxmemory-policy: ...}``."""
+        if isinstance(data, dict) and "config" not in data:
+            return {"config": data}
+        return data
 
     @field_validator("config", mode="before")
     @classmethod
