@@ -60,7 +60,8 @@ def _advance(h: History, rec: dict[str, Any], n: int) -> None:
     """Apply one audit record to a history (pure)."""
     step = rec["step"]
     h.steps.append(step)
-    h.endpoint = rec.get("endpoint") or h.endpoint
+    if step == "applying":  # where the change went; later lines may come from other parameters
+        h.endpoint = rec.get("endpoint") or h.endpoint
     h.title, h.target = rec.get("title") or h.title, rec.get("target") or h.target
     if step == "applying":
         if h.state in ("planned", "noop", "rolled_back") or h.prior is None:

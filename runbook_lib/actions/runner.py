@@ -187,13 +187,17 @@ def discover(run_dir: Path, targets: Targets, log: AuditLog, fields: dict[str, A
     found = []
     for h in unresolved(read_audit(run_dir).records):
         action = h.action()
-        state = action.capture(targets)
-        applied = action.is_applied(state)
-        rec = log.append("discovered", **_common(action, fields, targets), of_step=h.state, state=state,
-                         applied_on_server=applied, prior=h.prior,
-                         message=f"{h.state} without an outcome; on the server the change is "
-                                 f"{'present' if applied else 'absent'}")
-        found.append(rec)
+        here = targets.endpoint(action.family)
+        if h.endpoint and h.endpoint != here:  # recorded against another server: do not guess
+            state, applied = None, None
+            message = f"{h.state} without an outcome on {h.endpoint}; parameters now point at {here}: not inspected"
+        else:
+            state = action.capture(targets)
+            applied = action.is_applied(state)
+            message = (f"{h.state} without an outcome; on the server the change is "
+                       f"{'present' if applied else 'absent'}")
+        found.append(log.append("discovered", **_common(action, fields, targets), of_step=h.state, state=state,
+                                applied_on_server=applied, prior=h.prior, message=message))
     return found
 
 
