@@ -59,6 +59,7 @@ class AuditLog:
         return record
 
     def _write(self, data: bytes) -> None:
+        created = not self.path.exists()
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
@@ -66,12 +67,24 @@ class AuditLog:
         try:
             if _ends_torn(self.path):
                 data = b"\n" + data
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # a regular file takes it in one write; loop in case it does not
+                view = view[os.write(fd, view):]
             os.fsync(fd)
+            if created:
+                _fsync_dir(self.path.parent)  # the new file's directory entry must survive a crash too
         except OSError as e:
             raise AuditError(f"cannot write {self.path}: {e.strerror}") from None
         finally:
             os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _ends_torn(path: Path) -> bool:
