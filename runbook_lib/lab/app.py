@@ -79,6 +79,10 @@ CACHE_TTL = Gauge("lab_cache_ttl_seconds", "configured cache TTL")
 REPLICAS = Gauge("lab_replicas_configured", "configured number of replicas")
 CONFIG_INFO = Gauge("lab_config_info", "current knobs as labels", ["cache_key_scheme", "orders_query"])
 CONFIG_RELOADS = Counter("lab_config_reloads", "config changes applied without restart")
+CACHED_ROUTES = ("users", "user_orders", "products", "dashboard")
+for _route in CACHED_ROUTES:  # export 0 from the start: a ratio over a missing series would be missing
+    CACHE_HITS.labels(_route)
+    CACHE_MISSES.labels(_route)
 
 SQL = {
     "users_page": "SELECT id, name, email FROM users WHERE id > %s ORDER BY id LIMIT %s",

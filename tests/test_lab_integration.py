@@ -1,0 +1,143 @@
+"""The lab end to end: up (small data), bounded load, degradation seen through Prometheus, live knob
+changes, a crashed supervisor, down. Every process the lab started is gone afterwards, pass or fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from runbook_lib.lab import stack
+from runbook_lib.lab.config import CONFIG_FILE, DEGRADED, patch_config
+from runbook_lib.lab.load import LoadSpec, run_load_sync
+from runbook_lib.lab.seed import SeedSize
+from runbook_lib.lab.supervisor import BACKEND_DIR, BACKEND_FILE
+from runbook_lib.services import kill_pid, pid_alive, wait_until
+from runbook_lib.settings import Settings, project_root, read_yaml
+from tests.conftest import make_server_dir
+
+pytestmark = pytest.mark.slow
+
+SCALE = 0.05            # 5k users, 50k orders, 2.5k products: seeded in < 1 s
+LOAD = {"duration_s": 12.0, "rate": 25.0, "concurrency": 32, "max_requests": 2000, "seed": 3}
+WAIT_S = 20.0           # bound on every wait below (config reload is polled every 0.5 s)
+
+
+def _lab_pids(state: Path) -> dict[str, int]:
+    st = stack.status(state)["components"]
+    pids = {k: c["pid"] for k, c in st.items() if "pid" in c}
+    for i, pid in enumerate(st["backend"].get("replicas", [])):
+        pids[f"replica{i}"] = pid
+    return pids
+
+
+@pytest.fixture(scope="module")
+def lab():
+    state = make_server_dir("lab")
+    seen: dict[str, int] = {}
+    try:
+        info = stack.up(state, scale=SCALE, profile="degraded", ports="free")
+        seen.update(_lab_pids(state))
+        yield state, info, seen
+    finally:
+        seen.update(_lab_pids(state))
+        stack.down(state)
+        survivors = {name: pid for name, pid in seen.items() if pid_alive(pid)}
+        for pid in survivors.values():  # never leave anything behind, even when the test is failing
+            kill_pid(pid, str(state))
+        shutil.rmtree(state, ignore_errors=True)
+        assert not survivors, f"processes survived lab down: {survivors}"
+
+
+def _lab_queries() -> dict[str, str]:
+    return read_yaml(project_root() / "parameters" / "lab.yaml")["source"]["queries"]
+
+
+def _metric_lines(port: int, name: str) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return [line for line in r.read().decode().splitlines() if line.startswith(name)]
+
+
+def _backend(state: Path) -> dict:
+    return json.loads((state / BACKEND_DIR / BACKEND_FILE).read_text())
+
+
+def test_up_is_idempotent_and_status_shows_everything(lab):
+    state, info, _ = lab
+    again = stack.up(state, scale=SCALE, ports="free")
+    assert again["already_running"] and again["backend_url"] == info["backend_url"]
+    st = stack.status(state)
+    assert st["running"] and set(st["components"]) == {"postgres", "redis", "prometheus", "backend"}
+    assert info["timings"]["ready_s"] > 0
+
+
+def test_degradation_is_visible_through_prometheus(lab):
+    _, info, _ = lab
+    report = run_load_sync(info["backend_url"], LoadSpec(users=SeedSize.at_scale(SCALE).users, **LOAD))
+    s = report.summary()
+    assert s["completed"] > 150 and s["transport_errors"] == 0
+    assert s["loadgen_cpu_share_of_one_core"] < 0.5  # the generator is not what loads the machine
+    q = _lab_queries()
+    prom = info["prometheus_url"]
+
+    def scraped_after_load() -> bool:  # the last scrape has the load's final counters
+        v = stack.prom_value(prom, 'sum(http_request_duration_seconds_count{job="lab"})')
+        return v is not None and v >= s["completed"]
+
+    wait_until(scraped_after_load, WAIT_S, "Prometheus scrape of the load's requests")
+    hit = stack.prom_value(prom, q["cache_hit_ratio"])
+    per_request = stack.prom_value(prom, f"({q['db_query_rate']}) / ({q['request_rate']})")
+    p95 = stack.prom_value(prom, q["latency_p95_ms"])
+    pool = stack.prom_value(prom, q["db_pool_max"])
+    errors = stack.prom_value(prom, q["error_ratio"])
+    assert hit is not None and hit < 0.3, f"cache hit ratio {hit}"
+    assert per_request is not None and per_request >= 8, f"queries per request {per_request}"  # N+1
+    assert p95 is not None and p95 > 0
+    assert pool == DEGRADED.db_pool_max
+    assert errors is not None and 0 <= errors <= 1
+
+
+def test_every_lab_query_returns_one_series(lab):
+    _, info, _ = lab
+    # a little traffic of every kind, so every series exists even when this test runs alone
+    run_load_sync(info["backend_url"], LoadSpec(users=SeedSize.at_scale(SCALE).users, duration_s=3, rate=20))
+    wait_until(lambda: stack.prom_value(info["prometheus_url"], 'count(cache_hits_total{job="lab"})'),
+               WAIT_S, "Prometheus scrape of the cache counters")
+    for name, promql in _lab_queries().items():
+        res = stack.prom_query(info["prometheus_url"], promql)
+        assert len(res) == 1, f"{name}: {len(res)} series"
+    raw = read_yaml(project_root() / "parameters" / "lab.yaml")
+    Settings.model_validate(raw)  # the file itself is valid parameters
+
+
+def test_knobs_change_live_without_restart(lab):
+    state, _, seen = lab
+    first = _backend(state)["replicas"][0]
+    patch_config(state / CONFIG_FILE, cache_key_scheme="normalized", orders_query="join", db_pool_max=6,
+                 replicas=2)
+
+    def reloaded() -> bool:
+        info = _lab_pids(state)
+        return ('lab_config_info{cache_key_scheme="normalized",orders_query="join"} 1.0'
+                in _metric_lines(first["metrics_port"], "lab_config_info")
+                and "replica1" in info and pid_alive(info["replica1"]))
+
+    wait_until(reloaded, WAIT_S, "config reload and a second replica")
+    seen.update(_lab_pids(state))
+    assert _backend(state)["replicas"][0]["pid"] == first["pid"]  # same process: no restart
+    assert "db_pool_max 6.0" in _metric_lines(first["metrics_port"], "db_pool_max")
+
+
+def test_down_works_after_the_supervisor_crashed(lab):
+    state, _, seen = lab
+    seen.update(_lab_pids(state))
+    os.kill(_backend(state)["pid"], signal.SIGKILL)
+    stopped = stack.down(state)
+    assert any(s.startswith("postgres") for s in stopped)
+    wait_until(lambda: not any(pid_alive(p) for p in seen.values()), WAIT_S, "every lab process to exit")
+    assert not stack.status(state)["running"]
