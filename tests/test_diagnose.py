@@ -1,0 +1,138 @@
+"""Pure diagnosis functions, on the bundled incident and on small constructed cases."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runbook_lib import evidence, steps
+from runbook_lib.diagnose import cache, compare, db, index_candidates, window
+from runbook_lib.diagnose.symptoms import first_movers
+from runbook_lib.settings import Slo
+from runbook_lib.sources.fixture import FixtureSource
+
+BUNDLE = Path(__file__).resolve().parent.parent / "fixtures" / "d2-latency"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    src = FixtureSource(BUNDLE)
+    start, end = src.default_range()
+    return src, src.fetch(src.available(), start, end, 30)
+
+
+def test_incident_window_matches_the_bundles_ground_truth(bundle):
+    src, df = bundle
+    win = window.find_incident_window(df["latency_p95_ms"])
+    phases = src.bundle.manifest.phases
+    deploy, fix = pd.Timestamp(phases["incident"][0]), pd.Timestamp(phases["incident"][1])
+    # the step is found within the 150 s latency ramp after the deploy, the recovery within the fix ramp
+    assert deploy <= win.incident[0] <= deploy + pd.Timedelta("150s")
+    assert fix <= win.incident[1] <= fix + pd.Timedelta("7min")
+    assert 35 < win.baseline_level < 45 and 750 < win.incident_level < 850 and 45 < win.recovery_level < 55
+
+
+def test_window_on_constructed_steps():
+    idx = pd.date_range("2026-01-01", periods=120, freq="30s", tz="UTC")
+    y = pd.Series(np.r_[np.full(40, 40.0), np.full(50, 400.0), np.full(30, 45.0)], index=idx, name="latency_p95_ms")
+    win = window.find_incident_window(y * np.exp(np.random.default_rng(1).normal(0, 0.03, 120)))
+    assert win.incident[0] == idx[40] and win.incident[1] == idx[89] and win.recovery[0] == idx[90]
+    ongoing = window.find_incident_window(y.iloc[:90])
+    assert ongoing.recovery is None and ongoing.incident[0] == idx[40]
+
+
+def test_no_incident_in_flat_or_small_changes():
+    idx = pd.date_range("2026-01-01", periods=100, freq="30s", tz="UTC")
+    flat = pd.Series(40 * np.exp(np.random.default_rng(2).normal(0, 0.05, 100)), index=idx, name="p95")
+    with pytest.raises(window.NoIncidentFound, match="no level change|changed only"):
+        window.find_incident_window(flat)
+    small = pd.Series(np.r_[np.full(50, 40.0), np.full(50, 60.0)], index=idx, name="p95")
+    with pytest.raises(window.NoIncidentFound, match="changed only 1.50x"):
+        window.find_incident_window(small)
+    with pytest.raises(window.NoIncidentFound, match="only 5 usable samples"):
+        window.find_incident_window(flat.iloc[:5])
+
+
+def test_cache_moves_first_and_cpu_memory_do_not_move(bundle):
+    _, df = bundle
+    win, table, _, payload = steps.symptoms(df, 30)
+    order = list(table.index[table["onset"].notna()])
+    assert order[0] == "cache_hit_ratio"
+    assert table.loc["cache_hit_ratio", "leads_primary_by_s"] == 90
+    assert not table.loc["cpu_utilization", "changed"] and not table.loc["memory_utilization", "changed"]
+    assert "error_ratio" not in first_movers(table)  # 5xx follow latency (pool exhaustion), not lead it
+    assert payload["window"]["signal"] == "latency_p95_ms"
+
+
+def test_hypotheses_rank_cache_first_and_rule_out_infrastructure(bundle):
+    src, df = bundle
+    _, _, _, payload = steps.symptoms(df, 30)
+    snap, meta = evidence.gather(src, df)
+    hyps, candidates = steps.root_cause(df, payload, snap, 0.8)
+    assert [h.category for h in hyps] == ["cache", "database", "application", "infrastructure"]
+    assert hyps[-1].disproved and not any(h.disproved for h in hyps[:3])
+    assert {(c["table"], tuple(c["columns"])) for c in candidates} >= {("orders", ("user_id", "created_at")),
+                                                                        ("products", ("category", "status"))}
+
+
+def test_statement_deltas_calls_per_request_and_n_plus_one():
+    start = pd.DataFrame([{"queryid": 1, "query": "select a", "calls": 100, "total_exec_time": 100.0, "rows": 100},
+                          {"queryid": 2, "query": "select b", "calls": 10, "total_exec_time": 50.0, "rows": 500}])
+    end = pd.DataFrame([{"queryid": 1, "query": "select a", "calls": 20_100, "total_exec_time": 60_100.0,
+                         "rows": 40_100},
+                        {"queryid": 2, "query": "select b", "calls": 1_010, "total_exec_time": 5_050.0,
+                         "rows": 50_500},
+                        {"queryid": 3, "query": "select c", "calls": 5, "total_exec_time": 1.0, "rows": 5}])
+    d = db.per_request(db.statement_deltas(start, end), requests=1000)
+    assert d.loc[1, "calls"] == 20_000 and d.loc[1, "calls_per_request"] == 20.0
+    assert d.loc[1, "rows_per_call"] == 2.0 and d.loc[3, "calls"] == 5  # new statement: all of it is the delta
+    assert list(db.n_plus_one(d).index) == [1]
+
+
+def test_reset_counters_count_from_zero():
+    start = pd.DataFrame([{"queryid": 1, "query": "q", "calls": 1000, "total_exec_time": 10.0, "rows": 1}])
+    end = pd.DataFrame([{"queryid": 1, "query": "q", "calls": 30, "total_exec_time": 3.0, "rows": 30}])
+    assert db.statement_deltas(start, end).loc[1, "calls"] == 30
+
+
+@pytest.mark.parametrize("key, pattern, volatile", [
+    ("api:users:page=3:ts=1762164000123", "api:users:page={n}:ts={timestamp}", ["timestamp"]),
+    ("api:products:category=toys&status=active&_=8812734123", "api:products:category={v}&status={v}&_={cache-buster}",
+     ["cache-buster"]),
+    ("session:0f8fad5b-d9cb-469f-a165-70867728950e", "session:{uuid}", ["uuid"]),
+    ("user:42:orders", "user:{n}:orders", []),
+])
+def test_key_patterns(key, pattern, volatile):
+    assert cache.key_pattern(key) == (pattern, volatile)
+
+
+def test_info_deltas():
+    a = {"keyspace_hits": 100, "keyspace_misses": 0, "evicted_keys": 0, "expired_keys": 0, "used_memory": 1,
+         "maxmemory": 2, "maxmemory_policy": "allkeys-lru", "uptime_in_seconds": 10}
+    b = dict(a, keyspace_hits=180, keyspace_misses=320, evicted_keys=50, uptime_in_seconds=60)
+    d = cache.info_deltas(a, b)
+    assert d["hit_ratio"] == 0.2 and d["evicted_per_s"] == 1.0 and d["seconds"] == 50
+
+
+def test_index_candidates_skip_covered_prefixes():
+    stmts = pd.DataFrame([{"query": "SELECT * FROM orders WHERE user_id = $1 ORDER BY created_at", "time_share": 0.9},
+                          {"query": "SELECT * FROM users WHERE id = $1", "time_share": 0.1},
+                          {"query": "not sql at all", "time_share": 0.0}])
+    none = pd.DataFrame(columns=["tablename", "indexname", "indexdef", "valid"])
+    have = pd.DataFrame([{"tablename": "orders", "indexname": "o_u", "valid": True,
+                          "indexdef": "CREATE INDEX o_u ON public.orders USING btree (user_id, created_at)"}])
+    assert index_candidates.candidates(stmts, ["orders"], none)[0]["columns"] == ["user_id", "created_at"]
+    assert index_candidates.candidates(stmts, ["orders"], have) == []
+    assert index_candidates.candidates(stmts, [], none) == []
+
+
+def test_validation_verdict(bundle):
+    _, df = bundle
+    win = window.find_incident_window(df["latency_p95_ms"])
+    table = compare.compare(df, win.baseline, win.incident, win.recovery, Slo())
+    v = compare.overall(table)
+    assert v["fixed"] and table.loc["latency_p95_ms", "verdict"] == "meets SLO"
+    strict = compare.overall(compare.compare(df, win.baseline, win.incident, win.recovery,
+                                             Slo(latency_p95_ms=45)))
+    assert not strict["fixed"] and "latency_p95_ms" in strict["verdict"]

@@ -1,0 +1,103 @@
+"""The parameters model: every bundled file validates; bad input fails in one line naming file and field."""
+
+from pathlib import Path
+
+import pytest
+
+from runbook_lib.errors import SecretError, SettingsError
+from runbook_lib.redact import redact_text
+from runbook_lib.settings import SecretRef, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = """incident: {id: t1, title: test}
+source: {kind: fixture, bundle: fixtures/d2-latency}
+"""
+
+
+def write(tmp_path, text, name="p.yaml"):
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "parameters").glob("*.yaml")))
+def test_every_bundled_parameters_file_validates(name):
+    s = load_settings(ROOT / "parameters" / name)
+    # nothing shipped applies by default, except the lab, whose servers exist to be fixed
+    assert s.remediation.apply is (s.mode == "lab")
+
+
+def test_defaults(tmp_path):
+    s = load_settings(write(tmp_path, GOOD))
+    assert s.mode == "fixture" and s.window.step_seconds == 30 and "latency_p95_ms" in s.signals
+
+
+@pytest.mark.parametrize("text, culprit", [
+    (GOOD + "slo: {latency_p95_ms: fast}\n", "slo.latency_p95_ms"),
+    (GOOD + "colour: blue\n", "colour: unknown key"),
+    ("incident: {id: t1}\nsource: {kind: fixture, bundle: x}\n", "incident.title: required field is missing"),
+    (GOOD + "signals: [latency_p95_ms, latency_p42]\n", "unknown signal 'latency_p42'"),
+    (GOOD.replace("fixture, bundle", "nosuch, bundle"), "source"),
+    (GOOD + "window: {start: 2026-01-02T00:00:00Z, end: 2026-01-01T00:00:00Z}\n", "window.end must be after"),
+    (GOOD + "mode: live\nremediation: {apply: true}\n", "approved_by"),
+])
+def test_bad_values_name_file_and_field(tmp_path, text, culprit):
+    f = write(tmp_path, text)
+    with pytest.raises(SettingsError) as e:
+        load_settings(f)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(f)) and culprit in msg
+
+
+def test_malformed_yaml_names_line_and_column(tmp_path):
+    f = write(tmp_path, GOOD + "slo: {latency_p95_ms: [\n")
+    with pytest.raises(SettingsError, match=r"p\.yaml:\d+:\d+: not valid YAML"):
+        load_settings(f)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    with pytest.raises(SettingsError, match="top level must be a mapping"):
+        load_settings(write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file():
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings("/nonexistent/params.yaml")
+
+
+@pytest.mark.parametrize("extra, field", [
+    ("postgres: {dsn: 'host=db user=app password=hunter22'}\n", "postgres.dsn"),
+    ("postgres: {dsn: 'postgresql://app:hunter22@db/app'}\n", "postgres.dsn"),
+    ("redis: {url: 'redis://:hunter22@cache:6379/0'}\n", "redis.url"),
+])
+def test_inline_passwords_are_refused_and_not_echoed(tmp_path, extra, field):
+    with pytest.raises(SettingsError) as e:
+        load_settings(write(tmp_path, GOOD + extra))
+    assert field in str(e.value) and "hunter22" not in str(e.value)
+
+
+def test_secret_refs_resolve_from_env_and_file_and_are_redacted(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNBOOK_SECRET_T", "s3cr3t-from-env")
+    (tmp_path / "pw").write_text("s3cr3t-from-file\n")
+    s = load_settings(write(tmp_path, GOOD + f"postgres: {{dsn: 'host=db', password: {{env: RUNBOOK_SECRET_T}}}}\n"
+                                            f"redis: {{url: 'redis://cache', password: {{file: {tmp_path}/pw}}}}\n"))
+    assert s.postgres.password.reveal().get_secret_value() == "s3cr3t-from-env"
+    assert s.redis.password.reveal().get_secret_value() == "s3cr3t-from-file"
+    assert "s3cr3t" not in repr(s)
+    assert redact_text("connect with s3cr3t-from-env and s3cr3t-from-file") == "connect with *** and ***"
+
+
+def test_secret_ref_needs_exactly_one_source_and_an_existing_value():
+    with pytest.raises(ValueError):
+        SecretRef(env="A", file="b")
+    with pytest.raises(SecretError, match="RUNBOOK_SECRET_UNSET is not set"):
+        SecretRef(env="RUNBOOK_SECRET_UNSET").reveal()
+
+
+def test_notebook_overrides_win_and_are_named_in_errors(tmp_path):
+    f = write(tmp_path, GOOD)
+    s = load_settings(f, {"slo": {"latency_p95_ms": 250}, "unrelated_global": 1, "window": None})
+    assert s.slo.latency_p95_ms == 250
+    with pytest.raises(SettingsError, match=r"\+ notebook parameters slo\): slo.error_ratio"):
+        load_settings(f, {"slo": {"error_ratio": 3}})
