@@ -1,7 +1,8 @@
-"""Step 04 glue: plan.json -> executor actions -> plan table -> (gated) execution -> remediation.json.
+"""Step 04 glue: plan.json -> executor actions -> plan table -> gated execution -> remediation.json.
 
-Every executable action goes through the action framework (``runbook_lib.actions``); kinds without
-an executor yet are shown as recommendations with the reason, never silently skipped.
+Kinds with an executor (``runbook_lib.actions``: PostgreSQL indexes, Redis CONFIG SET) go through
+the action framework: planned, approved, applied, verified, audited, reversible. Kinds without an
+executor yet are shown with what they would do and marked so, never silently skipped.
 """
 
 from __future__ import annotations
@@ -11,77 +12,99 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from . import actions as fw
 from .settings import Settings
+
+# What each kind without an executor would do, in words, and why it is not executed yet.
+NO_EXECUTOR = {
+    "app.config": "app config executor not built yet (lab config source / Kubernetes ConfigMap patch)",
+    "cache.warm": "cache warming executor not built yet",
+    "recommendation": "recommendation for the application owners: the runbook does not edit code",
+}
 
 
 @dataclass
 class Entry:
-    """One planned action as 04 shows it."""
+    """One planned action as 04 shows it: the plan row plus its executor when one exists."""
 
-    id: str
+    plan_id: str
     phase: str
     title: str
     kind: str
     inputs: dict
-    commands: list[str] = field(default_factory=list)
-    rollback: list[str] = field(default_factory=list)
-    captures: list[str] = field(default_factory=list)
-    executor: object | None = None  # an actions.Action when the kind has an executor
+    reason: str
+    executor: fw.Action | None = None
     note: str = ""
+    commands: list[str] = field(default_factory=list)
 
 
-def _describe_app_patch(inputs: dict) -> list[str]:
-    return [f"merge-patch app config: {json.dumps(inputs, sort_keys=True)}"]
+def _describe(kind: str, inputs: dict, reason: str) -> list[str]:
+    if kind == "app.config":
+        return [f"merge-patch app config {json.dumps(inputs, sort_keys=True)}"]
+    if kind == "cache.warm":
+        return [f"warm the top {inputs.get('top_n')} keys by request count"]
+    return [f"-- {reason}"]
 
 
 def build(plan: dict, settings: Settings) -> list[Entry]:
     entries = []
+    kinds = set(fw.action_kinds())
     for a in plan["actions"]:
-        e = Entry(a["id"], a["phase"], a["title"], a["kind"], a["inputs"])
-        if a["kind"] == "recommendation":
-            e.note = "recommendation for the application owners; the runbook does not edit code"
-            e.commands = [f"-- {a['reason']}"]
-        elif a["kind"] == "app.config":
-            e.commands = _describe_app_patch(a["inputs"])
-            e.captures = [f"current value of {k}" for k in a["inputs"]]
-            e.note = "app config executor: not yet available (lab config source / ConfigMap patch)"
-        elif a["kind"] == "cache.warm":
-            e.commands = [f"warm the top {a['inputs'].get('top_n')} keys by request count"]
-            e.note = "cache warming executor: not yet available"
+        e = Entry(a["id"], a["phase"], a["title"], a["kind"], a["inputs"], a["reason"])
+        if a["kind"] in kinds:
+            e.executor = fw.build_action(a["kind"], a["inputs"])
         else:
-            e.note = "executor not yet available"
+            e.note = NO_EXECUTOR.get(a["kind"], "no executor for this kind")
+            e.commands = _describe(a["kind"], a["inputs"], a["reason"])
         entries.append(e)
     return entries
 
 
 def plan_frame(entries: list[Entry]) -> pd.DataFrame:
-    return pd.DataFrame([{"phase": e.phase, "action": e.title, "executor": e.kind,
-                          "commands": "\n".join(e.commands), "captures": "; ".join(e.captures) or "-",
-                          "rollback": "\n".join(e.rollback) or "-", "note": e.note} for e in entries],
-                        index=pd.Index([e.id for e in entries], name="id"))
+    rows = []
+    for e in entries:
+        if e.executor is not None:
+            p = e.executor.plan()
+            rows.append({"phase": e.phase, "action": p.title, "commands": "\n".join(p.commands),
+                         "captures first": "\n".join(p.captures), "rollback": "\n".join(p.rollback_commands),
+                         "risk": p.risk, "executor": e.executor.id})
+        else:
+            rows.append({"phase": e.phase, "action": e.title, "commands": "\n".join(e.commands),
+                         "captures first": "-", "rollback": "-", "risk": "-", "executor": e.note})
+    return pd.DataFrame(rows, index=pd.Index([e.plan_id for e in entries], name="plan id"))
 
 
-def execute(entries: list[Entry], step) -> list[dict]:
-    apply = step.settings.remediation.apply
+def execute(entries: list[Entry], step, measure=None) -> list[dict]:
+    """Run the executable entries through the framework (dry run unless the parameters allow)."""
+    runnable = [e.executor for e in entries if e.executor is not None]
+    done = {o.action_id: o for o in fw.execute(runnable, step.settings, step.run_dir, measure=measure)}
     out = []
     for e in entries:
-        status = "planned" if not apply else "not applied: no executor"
-        out.append({"id": e.id, "status": status, "changed": False, "note": e.note})
+        if e.executor is None:
+            out.append({"plan_id": e.plan_id, "action_id": "-", "status": "not executed", "changed": False,
+                        "verified": None, "effect": None, "message": e.note})
+            continue
+        o = done[e.executor.id]
+        out.append({"plan_id": e.plan_id, "action_id": o.action_id, "status": o.status, "changed": o.changed,
+                    "verified": o.verified, "effect": o.effect, "message": o.message})
     return out
 
 
 def outcomes_frame(outcomes: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(outcomes).set_index("id")
+    return pd.DataFrame(outcomes).set_index("plan_id")
 
 
 def payload(outcomes: list[dict], settings: Settings) -> dict:
     return {"apply": settings.remediation.apply, "mode": settings.mode, "outcomes": outcomes,
-            "applied": [o["id"] for o in outcomes if o["changed"]]}
+            "applied": [o["action_id"] for o in outcomes if o["changed"]]}
 
 
 def conclusion(outcomes: list[dict], settings: Settings) -> str:
+    executable = [o for o in outcomes if o["action_id"] != "-"]
     changed = [o for o in outcomes if o["changed"]]
     if not settings.remediation.apply:
-        return (f"**Concluded.** Dry run: {len(outcomes)} actions planned, nothing was changed. "
+        return (f"**Concluded.** Dry run: {len(executable)} executable action(s) planned and audited as "
+                f"`planned`, {len(outcomes) - len(executable)} without an executor; nothing was changed. "
                 "Set `remediation.apply: true` in the parameters to apply them.")
-    return f"**Concluded.** {len(changed)} of {len(outcomes)} actions changed something; see the audit log."
+    return (f"**Concluded.** {len(changed)} of {len(executable)} executable action(s) changed a system; every "
+            "step is in `audit.jsonl`. Undo with `runbook rollback RUN_DIR --apply`.")

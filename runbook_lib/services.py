@@ -22,9 +22,9 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import ServiceError
 
@@ -98,7 +98,7 @@ def kill_pid(pid: int, expect_in_cmdline: str, timeout: float = STOP_TIMEOUT_S) 
 
 
 def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=1) as r:
         return r.status == 200
 
 
@@ -344,7 +344,7 @@ class PrometheusServer(_Server):
         want = 1 + len(self.targets)
 
         def scraped() -> bool:
-            with urllib.request.urlopen(f"{self.url}/api/v1/query?query=up", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"{self.url}/api/v1/query?query=up", timeout=2) as r:
                 res = json.load(r)["data"]["result"]
             return len(res) >= want
 

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import SecretError, SettingsError
 from .redact import register_secret
@@ -125,7 +133,7 @@ class CloudWatchSource(_Model):
         return v
 
 
-Source = Annotated[Union[FixtureSource, PrometheusSource, CloudWatchSource], Field(discriminator="kind")]
+Source = Annotated[FixtureSource | PrometheusSource | CloudWatchSource, Field(discriminator="kind")]
 
 
 class Window(_Model):
@@ -140,7 +148,7 @@ class Window(_Model):
     @classmethod
     def _utc(cls, v: datetime | None):
         if v is not None and v.tzinfo is None:
-            v = v.replace(tzinfo=timezone.utc)
+            v = v.replace(tzinfo=UTC)
         return v
 
     @model_validator(mode="after")

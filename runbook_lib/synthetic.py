@@ -241,7 +241,7 @@ def write_bundle(folder: Path, seed: int = 42) -> Path:
             rel = f"snapshots/{name}.json"
             (folder / rel).write_text(json.dumps(data, indent=2) + "\n")
         refs[name] = {"file": rel, "taken_at": at.isoformat().replace("+00:00", "Z")}
-    iso = lambda t: t.isoformat().replace("+00:00", "Z")  # noqa: E731
+    iso = lambda t: t.isoformat().replace("+00:00", "Z")
     manifest = {
         "format": 1,
         "id": "d2-latency",

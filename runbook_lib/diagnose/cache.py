@@ -14,8 +14,8 @@ MEMORY_FULL_SHARE = 0.95
 # Key design: a pattern whose keys carry a volatile part is single-use.
 # (name, regex, replacement)
 VOLATILE_PARTS = [
-    ("uuid", re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I), "{uuid}"),
-    ("cache-buster", re.compile(r"(?<=[?&:])_=[0-9a-z]+", re.I), "_={cache-buster}"),
+    ("uuid", re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE), "{uuid}"),
+    ("cache-buster", re.compile(r"(?<=[?&:])_=[0-9a-z]+", re.IGNORECASE), "_={cache-buster}"),
     ("timestamp", re.compile(r"(?<![0-9])1[0-9]{9}(?:[0-9]{3})?(?![0-9])"), "{timestamp}"),  # epoch s or ms
 ]
 _NUMBER = re.compile(r"(?<=[:=])[0-9]+(?=$|[:&])")
@@ -44,7 +44,7 @@ def info_deltas(start: dict, end: dict) -> dict:
 
 def ttl_summary(keys: pd.DataFrame) -> dict:
     ttl = keys.loc[keys["ttl_s"] >= 0, "ttl_s"]
-    return {"sampled": int(len(keys)), "with_ttl": int(len(ttl)), "no_ttl": int((keys["ttl_s"] < 0).sum()),
+    return {"sampled": len(keys), "with_ttl": len(ttl), "no_ttl": int((keys["ttl_s"] < 0).sum()),
             "median_ttl_s": float(ttl.median()) if len(ttl) else float("nan"),
             "short_ttl_share": float((ttl < SHORT_TTL_S).mean()) if len(ttl) else 0.0}
 

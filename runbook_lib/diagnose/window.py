@@ -50,7 +50,7 @@ class IncidentWindow:
                 "ratio": self.ratio}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "IncidentWindow":
+    def from_dict(cls, d: dict) -> IncidentWindow:
         def span(s):
             return None if s is None else (pd.Timestamp(s["start"]), pd.Timestamp(s["end"]))
 

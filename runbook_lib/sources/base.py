@@ -29,7 +29,7 @@ class Event:
         return {"time": self.time.isoformat(), "label": self.label, "kind": self.kind}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Event":
+    def from_dict(cls, d: dict) -> Event:
         return cls(pd.Timestamp(d["time"]).tz_convert("UTC") if pd.Timestamp(d["time"]).tzinfo
                    else pd.Timestamp(d["time"], tz="UTC"), d["label"], d.get("kind", "note"))
 
