@@ -19,6 +19,7 @@ free port when that one is taken (``runbook lab status`` then shows where things
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,7 +55,8 @@ SERVERS = ("postgres", "redis", "prometheus")
 # Well-known lab ports (the usual ones + 10000), tried first; parameters/lab.yaml names them.
 PREFERRED_PORTS = {"postgres": 15432, "redis": 16379, "backend": 18080, "prometheus": 19090}
 SCRAPE_INTERVAL = "1s"       # cheap on loopback; rate() windows in lab.yaml are 30 s
-READY_TIMEOUT_S = 60.0       # backend replicas open their pools; Prometheus's first scrape takes ~5 s
+READY_TIMEOUT_S = 60.0
+STALE_WAIT_S = 5.0           # a few scrape intervals       # backend replicas open their pools; Prometheus's first scrape takes ~5 s
 # PostgreSQL sized for 1M orders on this machine (24 GB RAM): the tables fit in shared_buffers.
 PG_SETTINGS = {"shared_buffers": "'256MB'", "max_connections": "200", "track_io_timing": "on",
                "pg_stat_statements.max": "5000"}
@@ -144,12 +146,24 @@ def down(state: Path | None = None) -> list[str]:
     stopped = []
     if (state / BACKEND_DIR / BACKEND_FILE).exists():
         stopped += [f"backend pid {p}" for p in stop_backend(state)]
+        _let_prometheus_see_the_backend_go(state)
     for kind in ("prometheus", "redis", "postgres"):
         info = read_state(state / kind)
         if info and stop_from_state(state / kind):
             stopped.append(f"{kind} pid {info.pid}")
     (state / LAB_FILE).unlink(missing_ok=True)
     return stopped
+
+
+def _let_prometheus_see_the_backend_go(state: Path) -> None:
+    """One failed scrape of each backend target makes Prometheus mark its series stale; without it the
+    next lab's queries would count the old replicas too for 5 minutes (the lookback window)."""
+    info = read_state(state / "prometheus")
+    if not info or not pid_alive(info.pid):
+        return
+    with contextlib.suppress(ServiceError):
+        wait_until(lambda: not prom_query(info.url, 'up{job="lab"} == 1', timeout=1), STALE_WAIT_S,
+                   "Prometheus to see the backend stop")
 
 
 def up(state: Path | None = None, scale: float = 1.0, seed_value: int = seeding.DEFAULT_SEED,
@@ -195,13 +209,14 @@ def _start(state: Path, scale: float, seed_value: int, profile: str, ports: str,
     backend_port = pick_port("backend", ports) or _free()
     _start_backend(state, backend_port, info["dsn"], info["redis_url"])
     info["backend_url"] = f"http://127.0.0.1:{backend_port}"
+    prom_started = time.time()
     prom = LabPrometheus(state / "prometheus", state / BACKEND_DIR / TARGETS_FILE,
                          port=pick_port("prometheus", ports), scrape_interval=scrape_interval).start()
     info["prometheus_url"] = prom.url
     _wait_backend(state, info["backend_url"])
     timings["backend_s"] = _lap(t)
     t = time.perf_counter()
-    _wait_scraped(prom.url, PROFILES[profile].replicas)
+    _wait_scraped(prom.url, PROFILES[profile].replicas, since=prom_started)
     timings["first_scrape_s"] = _lap(t)
     timings["ready_s"] = _lap(t0)
     info["timings"] = timings
@@ -282,11 +297,14 @@ def prom_value(prom_url: str, promql: str, at: float | None = None) -> float | N
     return float(res[0]["value"][1]) if res else None
 
 
-def _wait_scraped(prom_url: str, replicas: int) -> None:
+def _wait_scraped(prom_url: str, replicas: int, since: float) -> None:
+    """Every lab target scraped once after ``since`` (the TSDB keeps samples of earlier runs)."""
     want = replicas + 1  # replicas + the node metrics of the supervisor
+    # timestamp() of a plain selector is the sample's time (of an expression it would be the query's)
+    promql = f'(timestamp(up{{job="lab"}}) > {since:.3f}) and on (instance) (up{{job="lab"}} == 1)'
 
     def scraped() -> bool:
-        return len([r for r in prom_query(prom_url, 'up{job="lab"} == 1')]) >= want
+        return len(prom_query(prom_url, promql)) >= want
 
     wait_until(scraped, READY_TIMEOUT_S, f"first scrape of the lab's {want} targets by Prometheus")
 
