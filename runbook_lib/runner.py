@@ -57,13 +57,16 @@ def select(only: list[str] | None) -> list[str]:
 
 
 def _failed_cell(output: Path, err: PapermillExecutionError) -> str:
-    """'cell <id> (#n)' of the failing cell, read back from the executed notebook."""
+    """'cell <id> (#n)' of the failing cell: the one holding the error output in the executed notebook
+    (papermill also inserts a banner cell at the top, so err.cell_index is not an index into it)."""
     try:
         nb = nbformat.read(output, as_version=4)
-        cell = nb.cells[err.cell_index]
-        return f"cell '{cell.get('id', '?')}' (#{err.exec_count})"
-    except Exception:  # noqa: BLE001 - best effort: the error itself is what matters
-        return f"cell #{err.exec_count}"
+        for cell in nb.cells:
+            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+                return f"cell '{cell.get('id', '?')}' (#{err.exec_count})"
+    except Exception:  # noqa: BLE001, S110 - best effort: the error itself is what matters
+        pass
+    return f"cell #{err.exec_count}"
 
 
 def _say(msg: str) -> None:
