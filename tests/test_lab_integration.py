@@ -10,6 +10,7 @@ import signal
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from runbook_lib.lab import stack
@@ -131,6 +132,13 @@ def test_knobs_change_live_without_restart(lab):
     seen.update(_lab_pids(state))
     assert _backend(state)["replicas"][0]["pid"] == first["pid"]  # same process: no restart
     assert "db_pool_max 6.0" in _metric_lines(first["metrics_port"], "db_pool_max")
+
+    def pool_connections() -> int:  # what PostgreSQL sees: 2 replicas x 6, the old pool of 4 closed
+        with psycopg.connect(stack.read_lab(state)["dsn"], autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'lab' "
+                                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]
+
+    wait_until(lambda: pool_connections() == 12, WAIT_S, "PostgreSQL to see 2 pools of 6 connections")
 
 
 def test_down_works_after_the_supervisor_crashed(lab):

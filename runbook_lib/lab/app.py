@@ -43,7 +43,7 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -62,6 +62,7 @@ MAX_LIMIT = 100
 VOLATILE_BUCKET_MS = 100   # the "request timestamp" in the volatile key, to 100 ms (deploy v2.14.0)
 REDIS_TIMEOUT_S = 1.0      # a slow cache counts as a miss, it never fails the request
 POOL_WAIT_THRESHOLD_S = 0.001  # an acquisition slower than this had to wait for a connection
+POOL_CLOSE_TIMEOUT_S = 30.0  # an old pool waits this long for its in-flight requests after a resize
 PR_SET_PDEATHSIG = 1       # linux/prctl.h: signal this process when its parent dies
 
 REQUESTS = Histogram("http_request_duration_seconds", "HTTP request duration", ["method", "route", "status"],
@@ -125,19 +126,32 @@ class Backend:
         self._task: asyncio.Task | None = None
         self._parent = os.getppid()
         self.server: uvicorn.Server | None = None
+        self._closing: set[asyncio.Task] = set()
 
     @property
     def cfg(self) -> LabConfig:
         return self.watcher.config
 
     async def start(self) -> None:
-        n = self.cfg.db_pool_max
-        self.pool = AsyncConnectionPool(self.dsn, min_size=n, max_size=n, timeout=self.cfg.db_pool_timeout_s,
-                                        kwargs={"autocommit": True}, open=False, name=f"replica-{self.index}")
-        await self.pool.open(wait=True, timeout=30)
+        self.pool = await self._open_pool()
         self.redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=REDIS_TIMEOUT_S)
         self._publish_config()
         self._task = asyncio.create_task(self._watch())
+
+    async def _open_pool(self) -> AsyncConnectionPool:
+        n = self.cfg.db_pool_max  # a fixed-size pool (min = max), like HikariCP's default
+        pool = AsyncConnectionPool(self.dsn, min_size=n, max_size=n, timeout=self.cfg.db_pool_timeout_s,
+                                   kwargs={"autocommit": True}, open=False, name=f"replica-{self.index}")
+        await pool.open(wait=True, timeout=30)
+        return pool
+
+    async def _swap_pool(self) -> None:
+        """A new pool of the new size; the old one closes once its in-flight requests return their
+        connections. (psycopg_pool's resize() shrinks only after max_idle, 10 min: too late for a fix.)"""
+        old, self.pool = self.pool, await self._open_pool()
+        task = asyncio.create_task(old.close(timeout=POOL_CLOSE_TIMEOUT_S))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def stop(self) -> None:
         if self._task:
@@ -165,7 +179,7 @@ class Backend:
             old = self.cfg
             if self.watcher.poll():
                 if self.cfg.db_pool_max != old.db_pool_max:
-                    await self.pool.resize(self.cfg.db_pool_max, self.cfg.db_pool_max)
+                    await self._swap_pool()
                 self._publish_config()
                 CONFIG_RELOADS.inc()
 
@@ -204,13 +218,23 @@ class Backend:
 
     # --- database ---------------------------------------------------------------------------------
 
+    async def _acquire(self):
+        """(context manager, connection) from the current pool; a pool swapped out meanwhile is retried."""
+        while True:
+            pool = self.pool
+            cm = pool.connection(timeout=self.cfg.db_pool_timeout_s)
+            try:
+                return cm, await cm.__aenter__()
+            except PoolClosed:
+                if pool is self.pool:
+                    raise
+
     @contextlib.asynccontextmanager
     async def connection(self):
         POOL_WAITING.inc()
         t0 = perf_counter()
         try:
-            cm = self.pool.connection(timeout=self.cfg.db_pool_timeout_s)
-            conn = await cm.__aenter__()
+            cm, conn = await self._acquire()
         except PoolTimeout:
             POOL_TIMEOUTS.inc()
             raise PoolExhausted() from None
