@@ -127,3 +127,14 @@ def test_check_and_signals(capsys):
     assert "ok: d2-latency (fixture mode)" in capsys.readouterr().out
     assert main(["signals"]) == 0
     assert "latency_p95_ms" in capsys.readouterr().out
+
+
+def test_plain_papermill_with_the_parameters_file(tmp_path):
+    """The README's `papermill ... -f parameters/fixtures.yaml` works from any directory."""
+    env = dict(__import__("os").environ, RUNBOOK_RUN_DIR=str(tmp_path / "run"))
+    r = subprocess.run([str(Path(sys.executable).with_name("papermill")), str(ROOT / "notebooks/01_symptom_correlation.ipynb"),
+                        str(tmp_path / "out.ipynb"), "-f", str(ROOT / "parameters/fixtures.yaml"), "--no-progress-bar"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    symptoms = json.loads((tmp_path / "run" / "symptoms.json").read_text())
+    assert symptoms["first_movers"][0] == "cache_hit_ratio"
