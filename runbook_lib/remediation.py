@@ -74,10 +74,31 @@ def plan_frame(entries: list[Entry]) -> pd.DataFrame:
     return pd.DataFrame(rows, index=pd.Index([e.plan_id for e in entries], name="plan id"))
 
 
-def execute(entries: list[Entry], step, measure=None) -> list[dict]:
+# Verify loop in lab/live mode: the current value of a signal is its median over this trailing window
+# (four 30 s rate() samples: long enough to smooth scrape jitter, short enough to see a change).
+MEASURE_TRAILING_S = 120
+
+
+def live_measure(step):
+    """A verify-loop measure reading each action's effect signal from the live source, or None for a
+    recorded bundle (its data cannot react to a change)."""
+    if step.settings.source.kind == "fixture":
+        return None
+
+    def read(signal: str) -> float | None:
+        end = pd.Timestamp.now(tz="UTC")
+        df = step.source.fetch([signal], end - pd.Timedelta(seconds=MEASURE_TRAILING_S), end,
+                               step.settings.window.step_seconds)
+        values = df[signal].dropna()
+        return float(values.median()) if len(values) else None
+
+    return fw.by_signal(read)
+
+
+def execute(entries: list[Entry], step) -> list[dict]:
     """Run the executable entries through the framework (dry run unless the parameters allow)."""
     runnable = [e.executor for e in entries if e.executor is not None]
-    done = {o.action_id: o for o in fw.execute(runnable, step.settings, step.run_dir, measure=measure)}
+    done = {o.action_id: o for o in fw.execute(runnable, step.settings, step.run_dir, measure=live_measure(step))}
     out = []
     for e in entries:
         if e.executor is None:
