@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from runbook_lib.lab import seed as seeding
 from runbook_lib.lab import stack
 from runbook_lib.lab.config import CONFIG_FILE, HEALTHY, REDIS_MAXMEMORY, patch_config
-from runbook_lib.lab.load import LoadSpec, run_load_sync
+from runbook_lib.lab.load import INCIDENT_RATE, LoadSpec, run_load_sync
 from runbook_lib.services import wait_until
 
 RESULTS = ROOT / "benchmarks" / "results" / "lab_shape.json"
@@ -111,7 +111,7 @@ def verdict(h: dict, d: dict, f: dict) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rate", type=float, default=20.0, help="requests per second (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=INCIDENT_RATE, help="requests per second (default: %(default)s)")
     p.add_argument("--measure", type=float, default=60.0, help="measured seconds per phase")
     p.add_argument("--warm", type=float, default=20.0, help="warm-up seconds before each measurement")
     p.add_argument("--scale", type=float, default=1.0)

@@ -1,4 +1,4 @@
-"""``runbook lab up | load | status | down | config | profile``: the incident lab from the command line.
+"""``runbook lab up | load | status | down | config | profile`` and ``runbook record``: the lab's CLI.
 
 Registered by ``runbook_lib.cli`` through ``register(subparsers)``. Handlers raise RunbookError
 subclasses for expected failures; the main CLI prints them with their hint.
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import CONFIG_FILE, PROFILES, parse_assignments, patch_config, read_config
 from .errors import LabNotRunning
+from .load import INCIDENT_RATE
 
 
 def _state(args) -> Path:
@@ -94,6 +95,19 @@ def _cmd_profile(args) -> int:
     return 0
 
 
+def _cmd_record(args) -> int:
+    from datetime import UTC, datetime
+
+    from .record import parse_when, record
+
+    now = datetime.now(UTC)
+    start, end = parse_when(args.start, now), parse_when(args.end, now)
+    print(f"recording {start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')} "
+          f"into {args.out}", flush=True)
+    print(record(args.parameters, start, end, args.out, _state(args)))
+    return 0
+
+
 def register(subparsers) -> None:
     lab = subparsers.add_parser("lab", help="the incident lab: real PostgreSQL, Redis, Prometheus and backend")
     sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
@@ -118,7 +132,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("load", parents=[common], help="send bounded loopback load with Zipf popularity")
     p.add_argument("--duration", type=float, default=60.0, help="seconds (default: %(default)s)")
-    p.add_argument("--rate", type=float, default=40.0, help="requests per second (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=INCIDENT_RATE, help="requests per second (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=64, help="max requests in flight (default: %(default)s)")
     p.add_argument("--max-requests", type=int, default=100_000, help="request budget (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42)
@@ -127,6 +141,14 @@ def register(subparsers) -> None:
     p = sub.add_parser("config", parents=[common], help="show or patch the backend knobs (live, no restart)")
     p.add_argument("set", nargs="*", metavar="KEY=VALUE", help="e.g. cache_ttl_s=300 orders_query=join")
     p.set_defaults(func=_cmd_config)
+
+    p = subparsers.add_parser("record", parents=[common],
+                              help="capture an incident bundle (fixtures format) from a Prometheus source")
+    p.add_argument("-p", "--parameters", default="parameters/lab.yaml", help="parameters file (default: %(default)s)")
+    p.add_argument("--from", dest="start", required=True, help="ISO 8601 UTC, 'now', or relative: -10m")
+    p.add_argument("--to", dest="end", required=True, help="ISO 8601 UTC, 'now', or relative: +5m")
+    p.add_argument("--out", required=True, help="bundle folder to create, e.g. fixtures/lab-d2")
+    p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("profile", parents=[common], help="switch a running lab to the degraded or healthy preset")
     p.add_argument("profile", choices=sorted(PROFILES))

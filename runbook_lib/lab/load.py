@@ -33,6 +33,9 @@ MAX_RATE = 2000.0
 MAX_CONCURRENCY = 256
 # The seed incident's traffic: mostly the user list (the N+1 endpoint), then user orders, products, dashboard.
 DEFAULT_MIX = (("users", 0.55), ("user_orders", 0.25), ("products", 0.15), ("dashboard", 0.05))
+# The calibrated incident load (benchmarks/lab_shape.py, 2 cores, full-size data): the degraded lab serves
+# it with 5xx in the 3-20% band; at 12-16 req/s it has almost no 5xx, above 25 req/s over a third fail.
+INCIDENT_RATE = 18.0
 ZIPF_S = 1.1          # popularity skew: rank k is asked for with weight 1/k^1.1
 N_CATEGORIES = 50     # seed.N_CATEGORIES
 PAGE_SIZE = 25        # app.DEFAULT_PAGE_SIZE
@@ -42,7 +45,7 @@ PAGE_SIZE = 25        # app.DEFAULT_PAGE_SIZE
 class LoadSpec:
     duration_s: float = 30.0
     max_requests: int = 100_000
-    rate: float = 60.0
+    rate: float = INCIDENT_RATE
     concurrency: int = 64
     users: int = 100_000          # user ids 1..users (the seed's size)
     seed: int = 42
