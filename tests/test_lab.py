@@ -135,3 +135,28 @@ def test_status_and_down_of_an_empty_state_folder(tmp_path, capsys):
     assert "nothing was running" in capsys.readouterr().out
     assert main(["lab", "load", "--state", str(tmp_path), "--duration", "1"]) == 2
     assert "runbook lab up" in capsys.readouterr().err
+
+
+def test_record_times():
+    from datetime import UTC, datetime
+
+    from runbook_lib.lab.record import parse_when
+
+    now = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    assert parse_when("now", now) == now
+    assert parse_when("-10m", now) == datetime(2026, 11, 29, 9, 50, tzinfo=UTC)
+    assert parse_when("+1h", now) == datetime(2026, 11, 29, 11, 0, tzinfo=UTC)
+    assert parse_when("2026-11-29T08:00:00Z") == datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+    assert parse_when("2026-11-29T08:00:00") == datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+    with pytest.raises(LabError, match="cannot read"):
+        parse_when("yesterday")
+
+
+def test_patch_logs_an_event_for_the_recorder(tmp_path):
+    import json
+
+    path = tmp_path / "config.json"
+    labcfg.write_config(path, labcfg.DEGRADED)
+    labcfg.patch_config(path, orders_query="join")
+    (ev,) = [json.loads(line) for line in (tmp_path / labcfg.EVENTS_FILE).read_text().splitlines()]
+    assert ev["kind"] == "remediation" and "orders_query=join" in ev["label"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from runbook_lib.lab import stack
 from runbook_lib.lab.config import CONFIG_FILE, DEGRADED, patch_config
@@ -139,6 +140,31 @@ def test_knobs_change_live_without_restart(lab):
                                 "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]
 
     wait_until(lambda: pool_connections() == 12, WAIT_S, "PostgreSQL to see 2 pools of 6 connections")
+
+
+def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
+    from runbook_lib.lab.record import parse_when, record
+    from runbook_lib.sources.fixture import FixtureSource
+
+    state, info, _ = lab
+    raw = read_yaml(project_root() / "parameters" / "lab.yaml")
+    raw["source"]["url"] = info["prometheus_url"]
+    raw["postgres"]["dsn"] = info["dsn"]
+    raw["redis"]["url"] = info["redis_url"]
+    params = tmp_path / "lab-test.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    out = record(params, parse_when("-40s"), parse_when("now"), tmp_path / "bundle", state)
+    src = FixtureSource(out)
+    src.bundle.check()
+    assert set(src.available()) == set(raw["source"]["queries"])
+    assert src.bundle.signals["request_rate"].notna().any()
+    for name in ("pg_stat_statements.start", "pg_stat_statements.end", "pg_indexes", "redis_info.end",
+                 "app_config", "redis_keys"):
+        assert src.bundle.has_snapshot(name)
+    assert "user_recent_orders" not in str(src.bundle.snapshot("pg_indexes"))  # sanity: it is a table
+    assert src.bundle.snapshot("app_config")["orders_query"] == "join"  # the patch of the test before
+    assert any("config patch" in e.label for e in src.events())
+    assert "orders" in set(src.bundle.snapshot("pg_stat_user_tables.end")["relname"])
 
 
 def test_down_works_after_the_supervisor_crashed(lab):

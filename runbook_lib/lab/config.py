@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .errors import LabConfigError
 
 CONFIG_FILE = "config.json"
+EVENTS_FILE = "events.jsonl"  # next to config.json: profile switches and patches, for the recorder
 # How often replicas look at the config file's mtime: a patch is live within half a second.
 POLL_INTERVAL_S = 0.5
 
@@ -127,7 +129,16 @@ def patch_config(path: str | Path, **changes: Any) -> LabConfig:
         raise LabConfigError(f"unknown lab config key(s): {', '.join(unknown)}")
     new = replace(current, **{k: _coerce(k, v) for k, v in changes.items()}).validate()
     write_config(path, new)
+    append_event(Path(path).parent, "config patch: " + " ".join(f"{k}={v}" for k, v in sorted(changes.items())),
+                 "remediation")
     return new
+
+
+def append_event(folder: str | Path, label: str, kind: str = "note") -> None:
+    """Add an event (deploy | alert | remediation | note) to the lab's log; the recorder reads it."""
+    line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="seconds"), "label": label, "kind": kind})
+    with open(Path(folder) / EVENTS_FILE, "a") as f:
+        f.write(line + "\n")
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:

@@ -46,11 +46,14 @@ from ..services import (
 )
 from ..settings import project_root
 from . import seed as seeding
-from .config import CONFIG_FILE, PROFILES, REDIS_MAXMEMORY, REDIS_POLICY, write_config
+from .config import CONFIG_FILE, PROFILES, REDIS_MAXMEMORY, REDIS_POLICY, append_event, write_config
 from .errors import LabError, LabNotRunning
 from .supervisor import BACKEND_DIR, BACKEND_FILE, TARGETS_FILE, stop_backend
 
 LAB_FILE = "lab.json"
+# How a profile switch shows on the incident timeline (the seed incident started with a deploy).
+PROFILE_EVENTS = {"degraded": ("degraded profile: cache keys + TTL, N+1, small pool, no indexes", "deploy"),
+                  "healthy": ("healthy profile: indexes, join, normalized keys, TTL 300 s, pool 10", "remediation")}
 SERVERS = ("postgres", "redis", "prometheus")
 # Well-known lab ports (the usual ones + 10000), tried first; parameters/lab.yaml names them.
 PREFERRED_PORTS = {"postgres": 15432, "redis": 16379, "backend": 18080, "prometheus": 19090}
@@ -332,4 +335,5 @@ def apply_profile(profile: str, state: Path | None = None) -> list[str]:
     actions = _apply_profile(state, info, profile)
     info["profile"] = profile
     _write_lab(state, info)
+    append_event(state, PROFILE_EVENTS[profile][0], PROFILE_EVENTS[profile][1])
     return actions

@@ -1,0 +1,221 @@
+"""``runbook record``: capture an incident bundle (fixtures/README.md format) from a live source.
+
+    runbook record -p parameters/lab.yaml --from -10m --to +5m --out fixtures/lab-d2
+
+Signals come from the parameters' Prometheus source (``query_range`` over [from, to] at
+``window.step_seconds``), so the window may lie in the past as far as Prometheus keeps data.
+Snapshots (pg_stat_statements, tables, indexes, activity, settings, Redis INFO and a key sample, the
+backend's knobs) can only be taken *now*: the ``.start`` ones when ``--from`` is reached (at once if
+it is past: their ``taken_at`` says when they really were taken), the ``.end`` ones when ``--to`` is
+reached. Waits are bounded by ``MAX_WAIT_S``. Events are the lab's event log (profile switches and
+knob patches, ``<state>/events.jsonl``) inside the window. The bundle is validated before it is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import redis
+import yaml
+
+from ..settings import Settings, display_path, load_settings
+from .config import CONFIG_FILE, EVENTS_FILE
+from .errors import LabError
+
+MAX_WAIT_S = 2 * 3600        # record at most two hours ahead
+REDIS_KEY_SAMPLE = 200       # keys in the redis_keys snapshot (a SCAN sample)
+_RELATIVE = re.compile(r"^([+-])(\d+)([smh])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+
+PG_SNAPSHOTS = {
+    "pg_stat_statements": (
+        "SELECT queryid, query, calls, total_exec_time, rows, shared_blks_hit, shared_blks_read "
+        "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "ORDER BY total_exec_time DESC"),
+    "pg_stat_user_tables": (
+        "SELECT relname, n_live_tup, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_del "
+        "FROM pg_stat_user_tables ORDER BY relname"),
+}
+PG_END_ONLY = {
+    "pg_indexes": (
+        "SELECT i.tablename, i.indexname, i.indexdef, x.indisvalid AS valid FROM pg_indexes i "
+        "JOIN pg_class c ON c.relname = i.indexname AND c.relkind = 'i' "
+        "JOIN pg_index x ON x.indexrelid = c.oid WHERE i.schemaname = 'public' ORDER BY 1, 2"),
+    "pg_stat_activity": (
+        "SELECT state, wait_event_type, extract(epoch FROM now() - query_start)::float8 AS duration_s, query "
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"),
+}
+REDIS_FIELDS = ("keyspace_hits", "keyspace_misses", "evicted_keys", "expired_keys", "used_memory", "maxmemory",
+                "maxmemory_policy", "uptime_in_seconds")
+
+
+def parse_when(text: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 (UTC unless it says otherwise), ``now``, or relative to now: ``-10m``, ``+30s``, ``+1h``."""
+    now = now or datetime.now(UTC)
+    if text == "now":
+        return now
+    m = _RELATIVE.match(text)
+    if m:
+        delta = timedelta(seconds=int(m.group(2)) * _UNIT_S[m.group(3)])
+        return now + delta if m.group(1) == "+" else now - delta
+    try:
+        t = datetime.fromisoformat(text)  # Python 3.11 reads a trailing Z
+    except ValueError:
+        raise LabError(f"cannot read the time {text!r}",
+                       hint="use ISO 8601 (2026-11-29T10:00:00Z), 'now', or relative: -10m, +5m, +1h") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _events(state: Path, start: datetime, end: datetime) -> list[dict]:
+    f = state / EVENTS_FILE
+    if not f.exists():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        ev = json.loads(line)
+        if start <= datetime.fromisoformat(ev["time"]) <= end:
+            out.append(ev)
+    return out
+
+
+def _wait_until_time(t: datetime, what: str) -> None:
+    delay = (t - datetime.now(UTC)).total_seconds()
+    if delay > MAX_WAIT_S:
+        raise LabError(f"{what} is {delay / 60:.0f} min ahead (limit {MAX_WAIT_S // 60} min)")
+    while delay > 0:
+        time.sleep(min(delay, 1.0))
+        delay = (t - datetime.now(UTC)).total_seconds()
+
+
+def _pg_connect(settings: Settings):
+    if settings.postgres is None:
+        raise LabError("the parameters have no postgres section", hint="add postgres.dsn (see parameters/lab.yaml)")
+    pw = settings.postgres.password.reveal().get_secret_value() if settings.postgres.password else None
+    return psycopg.connect(settings.postgres.dsn, autocommit=True, connect_timeout=10,
+                           **({"password": pw} if pw else {}))
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    if settings.redis is None:
+        raise LabError("the parameters have no redis section", hint="add redis.url (see parameters/lab.yaml)")
+    pw = settings.redis.password.reveal().get_secret_value() if settings.redis.password else None
+    return redis.Redis.from_url(settings.redis.url, password=pw, socket_timeout=10)
+
+
+def _query_frame(conn, sql: str) -> pd.DataFrame:
+    cur = conn.execute(sql)
+    return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+
+
+class Snapshotter:
+    """Writes snapshot files into ``folder/snapshots`` and remembers them for the manifest."""
+
+    def __init__(self, folder: Path, settings: Settings, state: Path):
+        self.dir = folder / "snapshots"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.settings, self.state = settings, state
+        self.refs: dict[str, dict] = {}
+
+    def _keep(self, name: str, data, suffix: str, description: str = "") -> None:
+        path = self.dir / f"{name}.{suffix}"
+        if suffix == "csv":
+            data.to_csv(path, index=False)
+        else:
+            path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        self.refs[name] = {"file": f"snapshots/{path.name}", "taken_at": datetime.now(UTC).isoformat(),
+                           "description": description}
+
+    def take(self, phase: str) -> None:
+        with _pg_connect(self.settings) as conn:
+            for name, sql in PG_SNAPSHOTS.items():
+                self._keep(f"{name}.{phase}", _query_frame(conn, sql), "csv")
+            if phase == "end":
+                for name, sql in PG_END_ONLY.items():
+                    self._keep(name, _query_frame(conn, sql), "csv")
+                self._keep("pg_settings", self._pg_settings(conn), "json")
+        r = _redis(self.settings)
+        try:
+            info = r.info()
+            self._keep(f"redis_info.{phase}", {k: info.get(k) for k in REDIS_FIELDS}, "json")
+            if phase == "end":
+                self._keep("redis_keys", self._redis_keys(r), "csv", f"SCAN sample of {REDIS_KEY_SAMPLE} keys")
+        finally:
+            r.close()
+        if phase == "end" and (self.state / CONFIG_FILE).exists():
+            self._keep("app_config", json.loads((self.state / CONFIG_FILE).read_text()), "json",
+                       "the lab backend's knobs (config.json)")
+
+    @staticmethod
+    def _pg_settings(conn) -> dict:
+        ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
+        return {"max_connections": int(conn.execute("SHOW max_connections").fetchone()[0]),
+                "server_version": conn.execute("SHOW server_version").fetchone()[0],
+                "pg_stat_statements_version": ext[0] if ext else None}
+
+    @staticmethod
+    def _redis_keys(r: redis.Redis) -> pd.DataFrame:
+        rows = []
+        for key in r.scan_iter(count=REDIS_KEY_SAMPLE):
+            if len(rows) >= REDIS_KEY_SAMPLE:
+                break
+            rows.append({"key": key.decode(errors="replace"), "type": r.type(key).decode(), "ttl_s": r.ttl(key),
+                         "memory_bytes": r.memory_usage(key)})
+        return pd.DataFrame(rows, columns=["key", "type", "ttl_s", "memory_bytes"])
+
+
+def _signals(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
+    from ..sources.prometheus import PrometheusSource
+
+    if settings.source.kind != "prometheus":
+        raise LabError(f"record reads a Prometheus source, not {settings.source.kind!r}",
+                       hint="use parameters/lab.yaml or another file with source.kind: prometheus")
+    df = PrometheusSource(settings.source).fetch(settings.signals, start, end, settings.window.step_seconds)
+    out = df.copy()
+    out.index = out.index.strftime("%Y-%m-%dT%H:%M:%SZ")
+    out.index.name = "time"
+    return out
+
+
+def record(parameters: str | Path, start: datetime, end: datetime, out: str | Path, state: Path) -> Path:
+    """Record a bundle into ``out`` (refused if it exists and is not empty). Returns the bundle folder."""
+    from ..sources.fixture import FixtureBundle, Manifest
+
+    settings = load_settings(parameters)
+    if end <= start:
+        raise LabError("--to must be after --from")
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise LabError(f"{display_path(out)} exists and is not empty", hint="choose a new --out folder")
+    tmp = out.with_name(f".{out.name}.recording")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        snaps = Snapshotter(tmp, settings, state)
+        _wait_until_time(start, "--from")
+        snaps.take("start")
+        _wait_until_time(end, "--to")
+        snaps.take("end")
+        _signals(settings, start, end).to_csv(tmp / "signals.csv")
+        manifest = Manifest(
+            id=out.name, title=settings.incident.title,
+            description=f"Recorded from {settings.source.url} ({settings.mode} mode), "
+                        f"{start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')}.",
+            provenance=f"recorded: runbook record -p {display_path(parameters)} --from {start.isoformat()} "
+                       f"--to {end.isoformat()}",
+            step_seconds=settings.window.step_seconds, events=_events(state, start, end),
+            snapshots=snaps.refs)
+        (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_defaults=False),
+                                                        sort_keys=False))
+        FixtureBundle(tmp).check()
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
