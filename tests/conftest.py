@@ -26,30 +26,28 @@ def server_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def private_postgres():
-    """PostgreSQL 15 with pg_stat_statements preloaded; HypoPG installable. One per test session."""
-    d = make_server_dir("pg")
-    server = PostgresServer(d / "pg")
+def _serve(server_cls, prefix: str, folder: str, **kwargs):
+    """Start a private server in its own folder; always stop it by PID and remove the folder."""
+    d = make_server_dir(prefix)
+    server = server_cls(d / folder, **kwargs)
     try:
         server.start()
         yield server
     finally:
         server.stop()
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_postgres():
+    """PostgreSQL 15 with pg_stat_statements preloaded; HypoPG installable. One per test session."""
+    yield from _serve(PostgresServer, "pg", "pg")
 
 
 @pytest.fixture
 def private_redis():
     """A fresh Redis per test: tests may CONFIG SET and FLUSHALL freely."""
-    d = make_server_dir("redis")
-    server = RedisServer(d / "redis")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(d, ignore_errors=True)
+    yield from _serve(RedisServer, "redis", "redis")
 
 
 @pytest.fixture
