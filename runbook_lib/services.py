@@ -32,6 +32,10 @@ from .errors import ServiceError
 # Prometheus is ready in <0.1 s but its first scrape lands 5-6 s after start (target-sync throttle).
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+# PostgreSQL reads SIGTERM as "smart shutdown": it waits for every client to disconnect, so one idle
+# connection made stop() wait STOP_TIMEOUT_S and then SIGKILL the postmaster. SIGINT is "fast shutdown"
+# (clients are disconnected, the cluster shuts down cleanly): postgresql.org/docs/15/server-shutdown.html
+STOP_SIGNALS = {"postgres": signal.SIGINT}
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
 
 
@@ -83,12 +87,13 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def kill_pid(pid: int, expect_in_cmdline: str, timeout: float = STOP_TIMEOUT_S) -> bool:
-    """SIGTERM then SIGKILL ``pid``, only if its command line still contains ``expect_in_cmdline``
+def kill_pid(pid: int, expect_in_cmdline: str, timeout: float = STOP_TIMEOUT_S,
+             sig: signal.Signals = signal.SIGTERM) -> bool:
+    """``sig`` (SIGTERM) then SIGKILL ``pid``, only if its command line still contains ``expect_in_cmdline``
     (a recycled PID belongs to someone else). Returns True when something was stopped."""
     if not pid_alive(pid) or expect_in_cmdline not in _cmdline(pid):
         return False
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, sig)
     try:
         wait_until(lambda: not pid_alive(pid), timeout, f"pid {pid} exit")
     except ServiceError:
@@ -155,7 +160,7 @@ class _Server:
     def stop(self) -> bool:
         if self.pid is None:
             return stop_from_state(self.folder)
-        stopped = kill_pid(self.pid, self._cmd_marker())
+        stopped = kill_pid(self.pid, self._cmd_marker(), sig=STOP_SIGNALS.get(self.kind, signal.SIGTERM))
         self.info_file.unlink(missing_ok=True)
         return stopped
 
@@ -366,7 +371,7 @@ def stop_from_state(folder: str | Path) -> bool:
     info = json.loads(info_file.read_text())
     marker = {"postgres": str(folder / "data"), "prometheus": str(folder / "prometheus.yml")}.get(
         info["kind"], str(info["port"]))
-    stopped = kill_pid(int(info["pid"]), marker)
+    stopped = kill_pid(int(info["pid"]), marker, sig=STOP_SIGNALS.get(info["kind"], signal.SIGTERM))
     info_file.unlink(missing_ok=True)
     return stopped
 
