@@ -116,8 +116,11 @@ def outcomes_frame(outcomes: list[dict]) -> pd.DataFrame:
 
 
 def payload(outcomes: list[dict], settings: Settings) -> dict:
-    return {"apply": settings.remediation.apply, "mode": settings.mode, "outcomes": outcomes,
-            "applied": [o["action_id"] for o in outcomes if o["changed"]]}
+    applied = [o["action_id"] for o in outcomes if o["changed"]]
+    out = {"apply": settings.remediation.apply, "mode": settings.mode, "outcomes": outcomes, "applied": applied}
+    if applied:  # 05 measures "after" from here on when the data has no recovery of its own
+        out["finished_at"] = pd.Timestamp.now(tz="UTC").isoformat()
+    return out
 
 
 def conclusion(outcomes: list[dict], settings: Settings) -> str:

@@ -192,22 +192,30 @@ def impact_conclusion(actions: list[impact_dx.PlannedAction]) -> str:
 
 # --- 05 validation -------------------------------------------------------------------------------
 
-def validation_windows(symptoms_json: dict, remediation: dict | None) -> tuple[tuple, tuple, tuple]:
-    """(baseline, before, after). After = the recovery window the data shows (fixture), else after
-    the last applied change."""
-    win = load_window(symptoms_json)
-    if win.recovery is None:
-        from .errors import RunbookError
+# After a change, give it this long to act before measuring "after" (caches refill, pools drain).
+SETTLE_AFTER_CHANGE = pd.Timedelta(seconds=60)
 
-        raise RunbookError("no recovery in the data yet: the window ends while p95 is still at its incident level",
-                           hint="re-run 05 once the remediation has had time to act (or widen window.end)")
-    return win.baseline, win.incident, win.recovery
+
+def validation_windows(symptoms_json: dict, remediation: dict | None, df: pd.DataFrame):
+    """(baseline, before, after, how). After = the recovery the data shows; else the data since the last
+    applied change settled; else None (not validated yet)."""
+    win = load_window(symptoms_json)
+    if win.recovery is not None:
+        return win.baseline, win.incident, win.recovery, "recovery found in the data"
+    finished = (remediation or {}).get("finished_at")
+    if finished and (remediation or {}).get("applied"):
+        start = pd.Timestamp(finished) + SETTLE_AFTER_CHANGE
+        if int((df.index >= start).sum()) >= compare_dx.MIN_SAMPLES:
+            return win.baseline, win.incident, (start, df.index[-1]), "data since the remediation settled"
+        return win.baseline, win.incident, None, (f"fewer than {compare_dx.MIN_SAMPLES} samples since the "
+                                                  f"remediation settled ({start:%H:%M:%S} UTC)")
+    return win.baseline, win.incident, None, "no recovery in the data and no applied remediation to measure after"
 
 
 def validation(df: pd.DataFrame, symptoms_json: dict, remediation: dict | None, slo):
-    baseline, before, after = validation_windows(symptoms_json, remediation)
+    baseline, before, after, how = validation_windows(symptoms_json, remediation, df)
     table = compare_dx.compare(df, baseline, before, after, slo)
-    verdict = compare_dx.overall(table)
+    verdict = compare_dx.overall(table, how)
     display = pd.DataFrame({
         "signal": table["label"],
         "baseline": [_fmt(v, CATALOG[s].unit) for s, v in table["baseline"].items()],
@@ -218,7 +226,8 @@ def validation(df: pd.DataFrame, symptoms_json: dict, remediation: dict | None, 
         "target": table["target"], "verdict": table["verdict"]})
     payload = {"windows": {"baseline": [baseline[0].isoformat(), baseline[1].isoformat()],
                            "before": [before[0].isoformat(), before[1].isoformat()],
-                           "after": [after[0].isoformat(), after[1].isoformat()]},
+                           "after": [after[0].isoformat(), after[1].isoformat()] if after else None,
+                           "after_from": how},
                "verdict": verdict, "signals": _records(table)}
     return (baseline, before, after), table, display, verdict, payload
 
@@ -227,7 +236,10 @@ def validation_conclusion(verdict: dict, table: pd.DataFrame) -> str:
     p95 = table.loc["latency_p95_ms"] if "latency_p95_ms" in table.index else None
     lines = [f"**Concluded. {verdict['verdict']}.** Score {verdict['score']:.0f}/100 "
              f"(share of signals back within SLO or baseline)."]
-    if p95 is not None:
+    if not verdict["validated"]:
+        lines.append("Re-run this step once there is data after the change: "
+                     "`runbook run --only 05 --out RUN_DIR` (it reads the other steps' files from RUN_DIR).")
+    elif p95 is not None:
         lines.append(f"p95 {p95.before:.0f} ms -> {p95.after:.0f} ms ({p95['after/before']:.3f}x), "
                      f"baseline {p95.baseline:.0f} ms.")
     if verdict["failing"]:

@@ -30,11 +30,16 @@ def slo_targets(slo) -> dict[str, tuple[str, float]]:
             "cache_hit_ratio": (">=", slo.cache_hit_ratio)}
 
 
-def compare(df: pd.DataFrame, baseline: tuple, before: tuple, after: tuple, slo) -> pd.DataFrame:
+NO_AFTER = "no data after the change"
+
+
+def compare(df: pd.DataFrame, baseline: tuple, before: tuple, after: tuple | None, slo) -> pd.DataFrame:
+    """One row per signal; with ``after`` None every verdict is NO_AFTER (not validated yet)."""
     targets = slo_targets(slo)
     rows = []
     for name in df.columns:
-        b, a, base = _between(df[name], before), _between(df[name], after), _between(df[name], baseline)
+        b, base = _between(df[name], before), _between(df[name], baseline)
+        a = _between(df[name], after) if after else pd.Series(dtype="float64")
         row = {"signal": name, "label": CATALOG[name].label, "baseline": base.median(), "before": b.median(),
                "after": a.median(), "n_before": len(b), "n_after": len(a)}
         row["after/before"] = row["after"] / row["before"] if row["before"] else np.nan
@@ -45,7 +50,10 @@ def compare(df: pd.DataFrame, baseline: tuple, before: tuple, after: tuple, slo)
         else:
             row["p_value"] = np.nan
         row["significant"] = bool(row["p_value"] < ALPHA) if np.isfinite(row["p_value"]) else False
-        if name in targets:
+        if not len(a):
+            row["target"] = "-"
+            row["verdict"] = NO_AFTER
+        elif name in targets:
             op, target = targets[name]
             ok = row["after"] <= target if op == "<=" else row["after"] >= target
             row["target"] = f"{op} {target:g}"
@@ -58,12 +66,15 @@ def compare(df: pd.DataFrame, baseline: tuple, before: tuple, after: tuple, slo)
     return pd.DataFrame(rows).set_index("signal")
 
 
-def overall(table: pd.DataFrame) -> dict:
+def overall(table: pd.DataFrame, after_from: str = "") -> dict:
     """Fixed when every SLO signal meets its SLO; the share of signals back to normal as a score."""
+    if (table["verdict"] == NO_AFTER).all():
+        return {"fixed": False, "validated": False, "score": 0.0, "failing": [],
+                "verdict": f"NOT VALIDATED YET: {after_from or NO_AFTER}"}
     slo_rows = table[table["target"].str.startswith(("<=", ">="))]
     ok = table["verdict"].isin(["meets SLO", "back to baseline"])
     fixed = bool(len(slo_rows) and (slo_rows["verdict"] == "meets SLO").all())
-    return {"fixed": fixed, "score": round(100 * float(ok.mean()), 1),
-            "failing": [s for s in table.index[~ok]],
+    return {"fixed": fixed, "validated": True, "score": round(100 * float(ok.mean()), 1),
+            "failing": list(table.index[~ok]), "after_from": after_from,
             "verdict": "FIXED: every SLO signal is back within its objective" if fixed
             else "NOT FIXED: " + ", ".join(slo_rows.index[slo_rows["verdict"] != "meets SLO"]) + " still violate the SLO"}

@@ -104,17 +104,24 @@ def find_incident_window(series: pd.Series, higher_is_worse: bool = True) -> Inc
     y = np.log(s.to_numpy())
     cps = segment(y)
     bounds = [0, *cps, len(s)]
-    levels = [float(np.median(s.iloc[a:b])) for a, b in zip(bounds, bounds[1:])]
-    spans = [(s.index[a], s.index[b - 1]) for a, b in zip(bounds, bounds[1:])]
+    # neighbouring segments less than MIN_LEVEL_RATIO apart are one level (e.g. a ramp and its plateau)
+    merged = [bounds[0]]
+    for i in range(1, len(bounds) - 1):
+        left = float(np.median(s.iloc[merged[-1]:bounds[i]]))
+        right = float(np.median(s.iloc[bounds[i]:bounds[i + 1]]))
+        if max(left, right) / min(left, right) >= MIN_LEVEL_RATIO:
+            merged.append(bounds[i])
+    bounds = [*merged, len(s)]
+    pairs = list(zip(bounds[:-1], bounds[1:]))
+    levels = [float(np.median(s.iloc[a:b])) for a, b in pairs]
+    spans = [(s.index[a], s.index[b - 1]) for a, b in pairs]
     if len(levels) == 1:
-        raise NoIncidentFound(f"{series.name} has no level change in the window (median {levels[0]:.3g})")
+        raise NoIncidentFound(f"{series.name} has no level change of {MIN_LEVEL_RATIO:g}x or more in the window "
+                              f"(median {levels[0]:.3g})")
     worst = int(np.argmax(levels) if higher_is_worse else np.argmin(levels))
     if worst == 0:
         raise NoIncidentFound(f"{series.name} is worst at the start of the window: no baseline before the incident")
-    base_level = levels[worst - 1]
-    ratio = levels[worst] / base_level if higher_is_worse else base_level / levels[worst]
-    if ratio < MIN_LEVEL_RATIO:
-        raise NoIncidentFound(f"{series.name} changed only {ratio:.2f}x (< {MIN_LEVEL_RATIO}x): no incident-sized shift")
+    base_level = levels[worst - 1]  # at least MIN_LEVEL_RATIO away: closer neighbours were merged above
     recovery = spans[worst + 1] if worst + 1 < len(spans) else None
     return IncidentWindow(
         baseline=spans[worst - 1], incident=spans[worst], recovery=recovery,
