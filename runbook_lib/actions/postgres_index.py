@@ -1,16 +1,31 @@
 """CreateIndex: ``CREATE INDEX CONCURRENTLY IF NOT EXISTS`` on PostgreSQL, undone by ``DROP INDEX CONCURRENTLY``.
 
 Every identifier is composed with ``psycopg.sql.Identifier``; the statements ``plan()`` shows are the
-very objects ``apply()`` executes. ``lock_timeout`` bounds how long the build may wait for the table
-lock. The table and columns are checked to exist before anything runs.
+very objects ``apply()`` executes. The table and columns are checked to exist before anything runs.
+
+Safety under production load, on the runbook's autocommit connection:
+
+* a session guard first: ``lock_timeout`` bounds every lock wait (the table's SHARE UPDATE EXCLUSIVE
+  lock, and the waits for older transactions inside a concurrent build), ``statement_timeout`` bounds
+  the build, and a session advisory lock (ADVISORY_LOCK_KEY) makes two runbook runs never build or drop
+  at once in one database (the second waits at most lock_timeout for the first, then fails);
+* a build that was cancelled, timed out or deadlocked midway leaves an INVALID index behind: under the
+  advisory lock, such a leftover of this very index is dropped (``DROP INDEX CONCURRENTLY``) and the
+  build retried, at most ``retries`` times with exponential backoff; a final failure drops its own
+  leftover again so nothing half-built stays;
+* verify checks the index is valid, and that plain EXPLAIN of ``verify_statements`` (generic plans of the
+  statements it is for) now reads it.
 
 Prior state: whether the index existed, its definition and validity. Rollback drops the index only
-when it did not exist before, so apply + rollback leaves the catalog exactly as it was.
+when it did not exist (valid) before, so apply + rollback leaves the catalog exactly as it was; an
+INVALID leftover found before the run is debris, not state worth restoring.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -18,6 +33,8 @@ import psycopg
 from psycopg import sql
 from pydantic import Field, field_validator
 
+from ..pg import explain
+from ..pg.errors import PgDiagnosisError
 from .base import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult, register_action, slug
 from .errors import ActionFailed, ActionInputError
 
@@ -27,6 +44,22 @@ MAX_IDENTIFIER_BYTES = 63
 # enough for ordinary transactions to finish, short enough not to queue behind a long one
 # (and queue everything else behind us) during an incident.
 DEFAULT_LOCK_TIMEOUT_MS = 5000
+# The build itself may take this long at most: strong_migrations' recommended statement_timeout for
+# migrations is 1 hour; a bigger table needs a maintenance window, not an incident runbook.
+DEFAULT_STATEMENT_TIMEOUT_MS = 3_600_000
+# Retries after a cancelled / lock-timed-out / deadlocked build (each first drops the INVALID leftover),
+# with exponential backoff from RETRY_BACKOFF_S, each wait capped at RETRY_BACKOFF_MAX_S.
+DEFAULT_RETRIES = 2
+RETRY_BACKOFF_S = 0.5
+RETRY_BACKOFF_MAX_S = 8.0
+# One key for every index build/drop by the runbook: advisory locks are per database, so two runs
+# never build at the same time in one database. First 8 bytes of sha1("runbook.postgres.create_index").
+ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha1(b"runbook.postgres.create_index").digest()[:8], "big", signed=True)
+# At most this many statements are EXPLAINed by verify.
+MAX_VERIFY_STATEMENTS = 20
+
+# Test hook / override: how apply waits between retries (bounded by RETRY_BACKOFF_MAX_S per wait).
+backoff_wait: Callable[[float], None] = time.sleep
 
 _STATE_SQL = """
 SELECT i.indisvalid, pg_get_indexdef(i.indexrelid),
@@ -57,6 +90,20 @@ class CreateIndexInputs(Inputs):
     schema_name: str = "public"
     name: str | None = None
     lock_timeout_ms: int = Field(DEFAULT_LOCK_TIMEOUT_MS, ge=1, le=600_000)
+    statement_timeout_ms: int = Field(DEFAULT_STATEMENT_TIMEOUT_MS, ge=1, le=86_400_000)
+    retries: int = Field(DEFAULT_RETRIES, ge=0, le=5)
+    # statements (as pg_stat_statements shows them) whose plans must use the index once it exists
+    verify_statements: list[str] = Field(default_factory=list, max_length=MAX_VERIFY_STATEMENTS)
+
+    @field_validator("verify_statements")
+    @classmethod
+    def _selects(cls, v: list[str]) -> list[str]:
+        for q in v:
+            try:
+                explain.check_select(q)
+            except PgDiagnosisError as e:
+                raise ValueError(f"verify statement {q[:60]!r}: {e}") from None
+        return v
 
     @field_validator("table", "schema_name", "name")
     @classmethod
@@ -115,8 +162,10 @@ class CreateIndex(Action):
 
     # --- statements (the same objects are shown and executed) ---------------------------------
 
-    def _lock_timeout(self) -> sql.Composed:
-        return sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{self.inputs.lock_timeout_ms}ms"))
+    def _session_setup(self) -> sql.Composed:
+        return sql.SQL("SET lock_timeout = {}; SET statement_timeout = {}; SELECT pg_advisory_lock({})").format(
+            sql.Literal(f"{self.inputs.lock_timeout_ms}ms"), sql.Literal(f"{self.inputs.statement_timeout_ms}ms"),
+            sql.Literal(ADVISORY_LOCK_KEY))
 
     def _create(self) -> sql.Composed:
         return sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
@@ -129,13 +178,14 @@ class CreateIndex(Action):
         return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
             sql.Identifier(self.inputs.schema_name, self.index_name))
 
-    _RESET = sql.SQL("RESET lock_timeout")
+    _RESET = sql.SQL("RESET lock_timeout; RESET statement_timeout; SELECT pg_advisory_unlock({})").format(
+        sql.Literal(ADVISORY_LOCK_KEY))
 
     def _apply_statements(self) -> list[sql.Composable]:
-        return [self._lock_timeout(), self._create(), self._RESET]
+        return [self._session_setup(), self._create(), self._RESET]
 
     def _rollback_statements(self) -> list[sql.Composable]:
-        return [self._lock_timeout(), self._drop(), self._RESET]
+        return [self._session_setup(), self._drop(), self._RESET]
 
     @staticmethod
     def _render(stmts: list[sql.Composable]) -> list[str]:
@@ -146,13 +196,20 @@ class CreateIndex(Action):
             action_id=self.id, kind=self.kind, title=self.title, target=self.target,
             commands=self._render(self._apply_statements()),
             captures=[(f"whether index {self.inputs.schema_name}.{self.index_name} exists, its definition "
-                      "and validity (pg_index.indisvalid)")],
+                      "and validity (pg_index.indisvalid)")]
+            + ([f"EXPLAIN of {len(self.inputs.verify_statements)} statement(s) must read the index"]
+               if self.inputs.verify_statements else []),
             rollback_commands=self._render(self._rollback_statements()),
             reversible=self.reversible, risk=self.risk,
         )
 
+    @staticmethod
+    def _existed(prior: dict[str, Any]) -> bool:
+        """The index was there, usable, before the run (an INVALID leftover does not count)."""
+        return bool(prior.get("exists") and prior.get("valid") is not False)
+
     def rollback_commands(self, prior: dict[str, Any]) -> list[str]:
-        return [] if prior.get("exists") else self._render(self._rollback_statements())
+        return [] if self._existed(prior) else self._render(self._rollback_statements())
 
     # --- server side ------------------------------------------------------------------------
 
@@ -186,19 +243,69 @@ class CreateIndex(Action):
             return None
         if state["columns"] != self.inputs.columns:
             return f"index {state['index']} exists with other columns: {state['definition']}"
-        if not state["valid"]:
-            return (f"index {state['index']} exists but is INVALID (an interrupted concurrent build); "
-                    "roll back (drops it) and apply again")
         return None
 
     @staticmethod
-    def _execute(conn: psycopg.Connection, stmts: list[sql.Composable]) -> None:
+    def _run(conn: psycopg.Connection, stmt: sql.Composable, sent: list[str]) -> None:
+        sent.append(stmt.as_string(None))
+        conn.execute(stmt)
+
+    def _guarded(self, conn: psycopg.Connection, body: Callable[[list[str]], None]) -> list[str]:
+        """Run ``body`` between the session guard and its reset (also after a failure); the statements sent."""
+        sent: list[str] = []
         try:
-            for s in stmts[:-1]:
-                conn.execute(s)
+            try:
+                self._run(conn, self._session_setup(), sent)
+            except psycopg.errors.LockNotAvailable:
+                raise ActionFailed(
+                    f"another runbook run holds the index-build advisory lock ({ADVISORY_LOCK_KEY}) in this "
+                    f"database; waited {self.inputs.lock_timeout_ms} ms",
+                    hint="let the other run finish (pg_locks shows it: locktype = 'advisory'), then apply again"
+                ) from None
+            body(sent)
         finally:
             with suppress(psycopg.Error):
-                conn.execute(stmts[-1])  # RESET lock_timeout, also after a failure
+                self._run(conn, self._RESET, sent)  # also after a failure
+        return sent
+
+    @staticmethod
+    def _retryable(err: psycopg.Error) -> bool:
+        if isinstance(err, psycopg.errors.QueryCanceled):
+            return "statement timeout" not in str(err)  # the same build would run out of time again
+        return isinstance(err, (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected))
+
+    def _build(self, targets, sent: list[str]) -> int:
+        """CREATE, dropping an INVALID leftover of this index first, retried with backoff. Returns attempts."""
+        conn = targets.postgres()
+        attempts = self.inputs.retries + 1
+        for attempt in range(1, attempts + 1):
+            state = self.capture(targets)
+            if state["exists"] and state["valid"]:
+                return attempt
+            if state["exists"]:  # INVALID: what an interrupted concurrent build leaves behind
+                self._run(conn, self._drop(), sent)
+            try:
+                self._run(conn, self._create(), sent)
+            except psycopg.Error as e:
+                if attempt == attempts or not self._retryable(e):
+                    self._drop_leftover(targets, sent)
+                    raise ActionFailed(f"CREATE INDEX failed after {attempt} attempt(s): "
+                                       f"{str(e).strip().splitlines()[0]}") from None
+                backoff_wait(min(RETRY_BACKOFF_S * 2 ** (attempt - 1), RETRY_BACKOFF_MAX_S))
+                continue
+            if self.capture(targets)["valid"]:
+                return attempt
+        self._drop_leftover(targets, sent)
+        raise ActionFailed(f"index {self.qualified_index} still INVALID after {attempts} attempt(s)")
+
+    def _drop_leftover(self, targets, sent: list[str]) -> None:
+        with suppress(psycopg.Error):
+            if self.capture(targets)["exists"]:
+                self._run(targets.postgres(), self._drop(), sent)
+
+    @property
+    def qualified_index(self) -> str:
+        return f"{self.inputs.schema_name}.{self.index_name}"
 
     def apply(self, targets) -> ApplyResult:
         self.check_inputs(targets)
@@ -206,22 +313,46 @@ class CreateIndex(Action):
         problem = self._conflict(state)
         if problem:
             raise ActionFailed(problem)
-        if state["exists"]:
+        if state["exists"] and state["valid"]:
             return ApplyResult(False, "already applied")
-        self._execute(targets.postgres(), self._apply_statements())
-        return ApplyResult(True, f"created index {state['index']}", self._render(self._apply_statements()))
+        attempts: list[int] = []
+        sent = self._guarded(targets.postgres(), lambda s: attempts.append(self._build(targets, s)))
+        retried = f" (attempt {attempts[0]})" if attempts and attempts[0] > 1 else ""
+        leftover = "; dropped an INVALID leftover first" if any(c.startswith("DROP") for c in sent) else ""
+        return ApplyResult(True, f"created index {state['index']}{retried}{leftover}", sent)
+
+    def explain_uses_index(self, targets) -> list[dict[str, Any]]:
+        """For each verify statement: whether its generic plan reads this index."""
+        out = []
+        for q in self.inputs.verify_statements:
+            try:
+                used = self.index_name in explain.index_names(explain.plan(targets.postgres(), q))
+                out.append({"query": q, "uses_index": used})
+            except PgDiagnosisError as e:
+                out.append({"query": q, "uses_index": False, "error": str(e)})
+        return out
 
     def verify(self, targets) -> VerifyResult:
         state = self.capture(targets)
-        if self.is_applied(state):
-            return VerifyResult(True, f"index {state['index']} exists and is valid", state)
-        return VerifyResult(False, self._conflict(state) or f"index {state['index']} does not exist", state)
+        if not self.is_applied(state):
+            if state["exists"] and not state["valid"]:
+                return VerifyResult(False, f"index {state['index']} exists but is INVALID (an interrupted "
+                                    "concurrent build); roll back (drops it) and apply again", state)
+            return VerifyResult(False, self._conflict(state) or f"index {state['index']} does not exist", state)
+        plans = self.explain_uses_index(targets)
+        observed = {**state, "explain": plans}
+        unused = [p["query"][:80] for p in plans if not p["uses_index"]]
+        if unused:
+            return VerifyResult(False, f"index {state['index']} is valid but EXPLAIN does not use it for: "
+                                + "; ".join(unused), observed)
+        uses = f"; EXPLAIN of {len(plans)} statement(s) uses it" if plans else ""
+        return VerifyResult(True, f"index {state['index']} exists and is valid{uses}", observed)
 
     def rollback(self, targets, prior: dict[str, Any]) -> RollbackResult:
-        if prior.get("exists"):
+        if self._existed(prior):
             return RollbackResult(False, f"index {prior['index']} existed before; left in place")
         if not self.capture(targets)["exists"]:
             return RollbackResult(False, "nothing to undo: the index does not exist")
-        self._execute(targets.postgres(), self._rollback_statements())
-        return RollbackResult(True, f"dropped index {self.inputs.schema_name}.{self.index_name}",
-                              self._render(self._rollback_statements()))
+        conn = targets.postgres()
+        sent = self._guarded(conn, lambda s: self._run(conn, self._drop(), s))
+        return RollbackResult(True, f"dropped index {self.qualified_index}", sent)

@@ -84,3 +84,43 @@ def indexes_by_table(indexes: pd.DataFrame) -> dict[str, list[str]]:
 def activity_by_state(activity: pd.DataFrame) -> pd.DataFrame:
     g = activity.groupby("state").agg(connections=("state", "size"), longest_s=("duration_s", "max"))
     return g.sort_values("connections", ascending=False)
+
+
+def _fingerprint(query: str) -> str:
+    import pglast  # imported here: the notebooks' other helpers do not need the parser
+
+    try:
+        return pglast.fingerprint(query)
+    except Exception:  # noqa: BLE001 - an unparseable text (truncated, hidden) is its own group
+        return f"text:{query}"
+
+
+def fingerprint_groups(deltas: pd.DataFrame) -> pd.DataFrame:
+    """Statement deltas summed per pglast fingerprint (needs per_request() columns).
+
+    pg_stat_statements gives one queryid per role, per database and per IN-list length; the same
+    statement issued from a loop can so be split over several rows. Grouping by the parse-tree
+    fingerprint puts them back together before N+1 detection. The index is the queryid with the most
+    time in each group; ``queryids`` lists all of them. Same columns as the input otherwise.
+    """
+    if deltas.empty:
+        out = deltas.copy()
+        out["fingerprint"] = pd.Series(dtype=str)
+        out["queryids"] = pd.Series(dtype=object)
+        return out
+    d = deltas.copy()
+    d["fingerprint"] = [_fingerprint(q) for q in d["query"]]
+    d = d.sort_values("total_exec_time", ascending=False)
+    counters = [c for c in _COUNTERS if c in d.columns] + [c for c in ("calls_per_request", "ms_per_request")
+                                                           if c in d.columns]
+    g = d.groupby("fingerprint", sort=False)
+    out = g[counters].sum()
+    out["query"] = g["query"].first()
+    out["queryids"] = g.apply(lambda x: [int(i) for i in x.index], include_groups=False)
+    out["fingerprint"] = out.index
+    out.index = pd.Index([int(g.get_group(f).index[0]) for f in out.index], name=deltas.index.name or "queryid")
+    out["mean_ms"] = out["total_exec_time"] / out["calls"]
+    out["rows_per_call"] = out["rows"] / out["calls"]
+    total = out["total_exec_time"].sum()
+    out["time_share"] = out["total_exec_time"] / total if total else 0.0
+    return out.sort_values("total_exec_time", ascending=False)

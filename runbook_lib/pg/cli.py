@@ -1,0 +1,80 @@
+"""``runbook diagnose db``: diagnose a live PostgreSQL from the terminal.
+
+    runbook diagnose db --dsn "host=db.internal dbname=app user=sre" --window 60 --request-rate 18
+
+With ``--window SECONDS`` two snapshots are taken that far apart and the report covers the deltas;
+without it, everything since the last statistics reset. ``--json`` prints the findings and the proposed
+index DDL as JSON. The password comes from ``--password-env NAME`` or libpq's own PGPASSWORD / .pgpass,
+never from the DSN; every DSN printed goes through redaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pydantic import ValidationError
+
+from ..actions.targets import postgres_endpoint
+from ..redact import register_secret
+from ..settings import Postgres
+from . import report, stats
+from .errors import PgDiagnosisError
+
+
+def _positive(v: str) -> float:
+    x = float(v)
+    if not x > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return x
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("db", help="N+1, missing indexes (HypoPG) and pool sizing from a live PostgreSQL",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--dsn", required=True, help="libpq DSN or URL, without a password")
+    p.add_argument("--window", type=_positive, metavar="SECONDS",
+                   help=f"take two snapshots this far apart (<= {stats.MAX_WINDOW_S}); default: since the last "
+                        "statistics reset")
+    p.add_argument("--json", action="store_true", help="print the findings and proposed index DDL as JSON")
+    req = p.add_mutually_exclusive_group()
+    req.add_argument("--request-rate", type=_positive, metavar="RPS",
+                     help="HTTP requests per second during the window (for calls per request / N+1)")
+    req.add_argument("--requests", type=_positive, metavar="N", help="HTTP requests served during the window")
+    p.add_argument("--password-env", metavar="NAME", help="environment variable holding the password")
+    p.add_argument("--pool-size", type=int, metavar="N", help="the app's pool maximum per replica")
+    p.add_argument("--replicas", type=int, default=1, metavar="N", help="app replicas sharing the server")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        Postgres(dsn=args.dsn)
+    except ValidationError as e:
+        raise PgDiagnosisError(e.errors()[0]["msg"].removeprefix("Value error, "),
+                               hint="pass the password with --password-env NAME or PGPASSWORD") from None
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise PgDiagnosisError(f"environment variable {args.password_env} is not set",
+                                   hint="export it, or drop --password-env to use PGPASSWORD / ~/.pgpass")
+        register_secret(password)
+    endpoint = postgres_endpoint(args.dsn)
+    with stats.connect(args.dsn, password) as conn:
+        if args.window:
+            if not args.json:
+                print(f"taking two snapshots {args.window:.0f} s apart on {endpoint} ...", file=sys.stderr)
+            start, end = stats.window(conn, args.window)
+            mode = "window"
+        else:
+            start, end = stats.since_reset(conn)
+            mode = "since_reset"
+        seconds = stats.window_seconds(start, end)
+        requests = args.requests or (args.request_rate * seconds if args.request_rate else None)
+        app_pool = {"db_pool_max": args.pool_size, "replicas": args.replicas} if args.pool_size else \
+            {"replicas": args.replicas}
+        d = report.diagnose(conn, start, end, requests, app_pool=app_pool, endpoint=endpoint, mode=mode)
+    print(d.to_json() if args.json else d.to_text(), end="" if not args.json else "\n")
+    return 0
