@@ -86,9 +86,17 @@ def test_a_failing_notebook_is_named_with_its_cell_and_the_run_is_not_complete(t
     assert not (out / "02_root_cause.ipynb").exists()
 
 
-def test_full_run_on_the_fixture_then_export(tmp_path):
+def test_full_run_on_the_fixture_then_export(tmp_path, monkeypatch):
+    # the shipped fixture parameters plus database/cache sections whose passwords are planted secrets
+    planted = "planted-Zz9-secret"
+    monkeypatch.setenv("RUNBOOK_SECRET_PLANTED", planted)
+    p = tmp_path / "fixtures-plus-secrets.yaml"
+    p.write_text((ROOT / "parameters" / "fixtures.yaml").read_text().replace("bundle: fixtures/", f"bundle: {ROOT}/fixtures/")
+                 + "postgres: {dsn: 'host=127.0.0.1 dbname=app user=app', password: {env: RUNBOOK_SECRET_PLANTED}}\n"
+                 + "redis: {url: 'redis://127.0.0.1:6379/0', password: {env: RUNBOOK_SECRET_PLANTED}}\n")
     out = tmp_path / "run"
-    r = run_cli("run", "-p", "parameters/fixtures.yaml", "--out", str(out))
+    r = subprocess.run([str(Path(sys.executable).with_name("runbook")), "run", "-p", str(p), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(out)
     status = json.loads((out / "run.json").read_text())
@@ -107,6 +115,11 @@ def test_full_run_on_the_fixture_then_export(tmp_path):
     before = md
     r2 = run_cli("export", str(out))
     assert r2.returncode == 0 and (out / "postmortem.md").read_text() == before
+    # the planted secret is nowhere: not in any file of the run folder, not in the command's output
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert planted not in f.read_text(errors="replace"), f.name
+    assert planted not in r.stdout + r.stderr
 
 
 def test_export_of_a_folder_that_is_not_a_run(tmp_path, capsys):
