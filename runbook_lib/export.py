@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 import plotly.io as pio
 
+from .actions.audit import read_audit
 from .errors import RunbookError
 from .redact import redact_text
-from .rundir import AUDIT_FILE, FIGURES_DIR, run_status
+from .rundir import FIGURES_DIR, run_status
 
 # Charts embedded in the HTML, in this order, when the run has them.
 EXPORT_FIGURES = ("01-signals", "02-cache-hit", "05-before-after", "05-slo-latency_p95_ms", "05-slo-error_ratio",
@@ -31,19 +32,6 @@ class ExportError(RunbookError):
 def _load(run_dir: Path, name: str):
     f = run_dir / name
     return json.loads(f.read_text()) if f.exists() else None
-
-
-def _audit(run_dir: Path) -> list[dict]:
-    f = run_dir / AUDIT_FILE
-    if not f.exists():
-        return []
-    rows = []
-    for line in f.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line after a crash; the audit reader reports it elsewhere
-    return rows
 
 
 def build_blocks(run_dir: Path) -> list[tuple]:
@@ -93,9 +81,10 @@ def build_blocks(run_dir: Path) -> list[tuple]:
         applied = remediation.get("applied", [])
         b.append(("p", f"apply={remediation['apply']}: {len(applied)} action(s) changed a system"
                        + (f": {', '.join(applied)}." if applied else ". Dry run: nothing was changed.")))
-    audit = _audit(run_dir)
+    audit = read_audit(run_dir).records
     if audit:
-        cols = [c for c in ("time", "step", "action_id", "target", "result") if any(c in r for r in audit)]
+        cols = [c for c in ("ts", "step", "action_id", "target", "result", "approved_by", "change_ticket")
+                if any(c in r for r in audit)]
         b.append(("h", 3, "Audit log"))
         b.append(("table", pd.DataFrame(audit).reindex(columns=cols)))
 
