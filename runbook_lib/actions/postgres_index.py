@@ -55,6 +55,8 @@ RETRY_BACKOFF_MAX_S = 8.0
 # One key for every index build/drop by the runbook: advisory locks are per database, so two runs
 # never build at the same time in one database. First 8 bytes of sha1("runbook.postgres.create_index").
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha1(b"runbook.postgres.create_index").digest()[:8], "big", signed=True)
+# Dropping the leftover of a failed build gets this statement_timeout (the build's own may be what ran out).
+LEFTOVER_DROP_TIMEOUT_MS = 60_000
 # At most this many statements are EXPLAINed by verify.
 MAX_VERIFY_STATEMENTS = 20
 
@@ -299,9 +301,13 @@ class CreateIndex(Action):
         raise ActionFailed(f"index {self.qualified_index} still INVALID after {attempts} attempt(s)")
 
     def _drop_leftover(self, targets, sent: list[str]) -> None:
+        """After a final failure: drop what this build left (INVALID), so a failed apply leaves no debris."""
         with suppress(psycopg.Error):
             if self.capture(targets)["exists"]:
-                self._run(targets.postgres(), self._drop(), sent)
+                conn = targets.postgres()
+                self._run(conn, sql.SQL("SET statement_timeout = {}").format(
+                    sql.Literal(f"{LEFTOVER_DROP_TIMEOUT_MS}ms")), sent)
+                self._run(conn, self._drop(), sent)
 
     @property
     def qualified_index(self) -> str:

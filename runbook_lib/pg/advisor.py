@@ -32,6 +32,7 @@ from pglast import ast
 from pglast.enums import A_Expr_Kind, BoolExprType
 from psycopg import sql
 
+from ..actions.postgres_index import MAX_VERIFY_STATEMENTS as MAX_VERIFY
 from ..actions.postgres_index import CreateIndex
 from ..diagnose import db as db_dx
 from . import explain
@@ -120,6 +121,12 @@ class Proposal:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def action(self, **inputs: Any) -> CreateIndex:
+        """The executor for this proposal; verify checks EXPLAIN of the statements it helps uses it."""
+        schema, _, name = self.table.rpartition(".")
+        return CreateIndex(table=name, schema_name=schema or "public", columns=self.columns,
+                           verify_statements=[s["query"] for s in self.statements][:MAX_VERIFY], **inputs)
 
 
 @dataclass

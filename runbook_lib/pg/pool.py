@@ -53,7 +53,9 @@ def by_state(activity: pd.DataFrame) -> pd.DataFrame:
 
 def waits(activity: pd.DataFrame) -> pd.DataFrame:
     """Active backends by what they wait on (wait_event_type / wait_event)."""
-    a = activity[(activity["state"] == "active") & activity["wait_event_type"].notna()]
+    a = activity[(activity["state"] == "active") & activity["wait_event_type"].notna()].copy()
+    if "wait_event" not in a:  # recorded snapshots may carry the type only
+        a["wait_event"] = ""
     if a.empty:
         return pd.DataFrame(columns=["wait_event_type", "wait_event", "backends"])
     return (a.groupby(["wait_event_type", "wait_event"], dropna=False).size().rename("backends")

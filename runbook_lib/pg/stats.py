@@ -140,7 +140,7 @@ def _frame(cur: psycopg.Cursor, columns: list[str]) -> pd.DataFrame:
 _SETTINGS_SQL = """
 SELECT current_setting('server_version'), current_setting('server_version_num')::int,
        current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int,
-       current_setting('shared_preload_libraries'), current_database(),
+       (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'), current_database(),
        (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'),
        (SELECT extversion FROM pg_extension WHERE extname = 'hypopg'),
        pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
@@ -160,8 +160,8 @@ def server_settings(conn: psycopg.Connection) -> dict[str, Any]:
 
 def require_pg_stat_statements(settings: dict[str, Any]) -> str:
     """The installed extension version, or ExtensionMissing saying exactly what to change."""
-    preloaded = "pg_stat_statements" in (settings.get("shared_preload_libraries") or "")
-    if not preloaded:
+    preload = settings.get("shared_preload_libraries")  # None: hidden without pg_read_all_settings
+    if preload is not None and "pg_stat_statements" not in preload:
         raise ExtensionMissing(
             "pg_stat_statements is not loaded on this server",
             hint="add it to postgresql.conf: shared_preload_libraries = 'pg_stat_statements' (needs a restart), "
@@ -199,6 +199,16 @@ def read_statements(conn: psycopg.Connection, version: str) -> pd.DataFrame:
         df[c] = df[c].astype(float)
     df["queryid"] = df["queryid"].astype("int64")
     return df
+
+
+def hidden_statements(conn: psycopg.Connection, version: str) -> tuple[int, float]:
+    """(entries, ms of exec time) of other roles' statements this role may not see (queryid NULL)."""
+    q = marked(sql.SQL("SELECT count(*), coalesce(sum({}), 0)::float8 FROM pg_stat_statements s WHERE s.dbid = "
+                       "(SELECT oid FROM pg_database WHERE datname = current_database()) AND "
+                       "(s.queryid IS NULL OR s.query = {})").format(
+        sql.Identifier(pgss_columns(version)["total_exec_time"]), sql.Literal(HIDDEN_QUERY)))
+    n, ms = conn.execute(q).fetchone()
+    return int(n), float(ms)
 
 
 def stats_reset_at(conn: psycopg.Connection, version: str, settings: dict[str, Any]) -> datetime:
@@ -281,10 +291,11 @@ def collect(conn: psycopg.Connection) -> DbSnapshot:
     statements = read_statements(conn, version)
     tables, statio = read_tables(conn)
     warnings = []
-    hidden = int((statements["query"] == HIDDEN_QUERY).sum())
+    statements = statements[statements["query"] != HIDDEN_QUERY].reset_index(drop=True)
+    hidden, hidden_ms = hidden_statements(conn, version)
     if hidden:
-        warnings.append(f"{hidden} statement(s) of other roles are hidden ({HIDDEN_QUERY}); "
-                        "GRANT pg_read_all_stats to this role to see them")
+        warnings.append(f"{hidden} statement(s) of other roles ({hidden_ms / 1000:,.1f} s of DB time so far) are "
+                        f"hidden ({HIDDEN_QUERY}); GRANT pg_read_all_stats to this role to see them")
     activity = read_activity(conn)
     if not settings["pg_read_all_stats"] and (activity["query"] == HIDDEN_QUERY).any():
         warnings.append("pg_stat_activity hides other roles' queries; GRANT pg_read_all_stats to see them")
