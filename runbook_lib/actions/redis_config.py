@@ -3,7 +3,9 @@
 All parameters go in one ``CONFIG SET name value [name value ...]`` (atomic since Redis 7.0).
 Rollback sets the captured prior values back, exactly as ``CONFIG GET`` returned them.
 Values are compared in Redis's canonical form (``256mb`` is ``268435456``), so a second apply
-of the same change is recognised as already applied. Changes are runtime only (no CONFIG REWRITE).
+of the same change is recognised as already applied. Changes are runtime only unless ``rewrite: true``
+is asked for: then ``CONFIG REWRITE`` follows the change (and the rollback), so the config file keeps
+what runs. A server started without a config file cannot rewrite: that is refused before any change.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from pydantic import field_validator, model_validator
 
 from .base import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult, register_action, slug
+from .errors import ActionInputError
 
 # Redis memory units (redis.conf header): k=1000, kb=1024, m=10^6, mb=1024^2, g=10^9, gb=1024^3.
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
@@ -62,13 +65,16 @@ def canonical(name: str, value: str | None) -> Any:
 
 class RedisConfigInputs(Inputs):
     config: dict[str, str]
+    rewrite: bool = False  # CONFIG REWRITE after the change and after its rollback (only when asked)
 
     @model_validator(mode="before")
     @classmethod
     def _flat(cls, data: Any) -> Any:
         """Also accept the flat form the impact plan uses: ``{maxmemory: 512mb, maxmemory-policy: ...}``."""
         if isinstance(data, dict) and "config" not in data:
-            return {"config": data}
+            flat = dict(data)
+            rewrite = flat.pop("rewrite", False)
+            return {"config": flat, "rewrite": rewrite}
         return data
 
     @field_validator("config", mode="before")
@@ -107,11 +113,18 @@ class RedisConfigSet(Action):
 
     @property
     def title(self) -> str:
-        return "Set Redis " + ", ".join(f"{k}={v}" for k, v in self.inputs.config.items())
+        return ("Set Redis " + ", ".join(f"{k}={v}" for k, v in self.inputs.config.items())
+                + (" and rewrite the config file" if self.inputs.rewrite else ""))
+
+    def to_record(self) -> dict[str, Any]:
+        rec = super().to_record()
+        if not self.inputs.rewrite:  # records of runtime-only changes look exactly as before rewrite existed
+            rec["inputs"].pop("rewrite", None)
+        return rec
 
     @property
     def target(self) -> str:
-        return "redis server configuration (runtime)"
+        return "redis server configuration (runtime" + (" and config file)" if self.inputs.rewrite else ")")
 
     @staticmethod
     def _set_argv(values: dict[str, str]) -> list[str]:
@@ -124,23 +137,35 @@ class RedisConfigSet(Action):
     def _render(argv: list[str]) -> str:
         return " ".join(shlex.quote(a) for a in argv)
 
+    @property
+    def _rewrite(self) -> list[str]:
+        return ["CONFIG REWRITE"] if self.inputs.rewrite else []
+
     def plan(self) -> Plan:
         placeholder = {k: f"<prior {k}>" for k in self.names}
         return Plan(
             action_id=self.id, kind=self.kind, title=self.title, target=self.target,
-            commands=[self._render(self._set_argv(self.inputs.config))],
+            commands=[self._render(self._set_argv(self.inputs.config)), *self._rewrite],
             captures=[self._render(["CONFIG", "GET", *self.names])],
-            rollback_commands=[" ".join(self._set_argv(placeholder))],
+            rollback_commands=[" ".join(self._set_argv(placeholder)), *self._rewrite],
             reversible=self.reversible, risk=self.risk,
         )
 
     def rollback_commands(self, prior: dict[str, Any]) -> list[str]:
-        return [self._render(self._set_argv({k: prior[k] for k in self.names}))]
+        return [self._render(self._set_argv({k: prior[k] for k in self.names})), *self._rewrite]
+
+    def _check_config_file(self, client) -> None:
+        """CONFIG REWRITE needs the file the server was started with; refuse before changing anything."""
+        if self.inputs.rewrite and not client.info("server").get("config_file"):
+            raise ActionInputError(f"{self.kind}: rewrite asked for, but the server was started without a "
+                                   "config file, so CONFIG REWRITE cannot persist the change",
+                                   hint="drop rewrite: true (runtime change only) or start Redis from a config file")
 
     # --- server side ------------------------------------------------------------------------
 
     def capture(self, targets) -> dict[str, Any]:
         client = targets.redis()
+        self._check_config_file(client)  # before the applying line: a refused rewrite changes nothing
         return {k: client.config_get(k).get(k) for k in self.names}  # one name per call: works before Redis 7
 
     def _matches(self, state: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -150,12 +175,20 @@ class RedisConfigSet(Action):
         return self._matches(state, self.inputs.config)
 
     def apply(self, targets) -> ApplyResult:
+        client = targets.redis()
         if self.is_applied(self.capture(targets)):
+            if self.inputs.rewrite:
+                client.execute_command("CONFIG", "REWRITE")
+                return ApplyResult(False, "already applied at runtime; CONFIG REWRITE persisted it",
+                                   ["CONFIG REWRITE"])
             return ApplyResult(False, "already applied")
         argv = self._set_argv(self.inputs.config)
-        targets.redis().execute_command(*argv)
-        return ApplyResult(True, "set " + ", ".join(f"{k}={v}" for k, v in self.inputs.config.items()),
-                           [self._render(argv)])
+        client.execute_command(*argv)
+        if self.inputs.rewrite:
+            client.execute_command("CONFIG", "REWRITE")
+        return ApplyResult(True, "set " + ", ".join(f"{k}={v}" for k, v in self.inputs.config.items())
+                           + (" and rewrote the config file" if self.inputs.rewrite else ""),
+                           [self._render(argv), *self._rewrite])
 
     def verify(self, targets) -> VerifyResult:
         state = self.capture(targets)
@@ -167,6 +200,10 @@ class RedisConfigSet(Action):
         if self._matches(self.capture(targets), prior):
             return RollbackResult(False, "nothing to undo: the prior values are in place")
         argv = self._set_argv({k: prior[k] for k in self.names})
-        targets.redis().execute_command(*argv)
-        return RollbackResult(True, "restored " + ", ".join(f"{k}={prior[k]}" for k in self.names),
-                              [self._render(argv)])
+        client = targets.redis()
+        client.execute_command(*argv)
+        if self.inputs.rewrite:
+            client.execute_command("CONFIG", "REWRITE")
+        return RollbackResult(True, "restored " + ", ".join(f"{k}={prior[k]}" for k in self.names)
+                              + (" and rewrote the config file" if self.inputs.rewrite else ""),
+                              [self._render(argv), *self._rewrite])

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 import redis
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bar: tqdm.auto would warn in notebooks (ipywidgets is not installed)
 
 from ..diagnose.cache import logical_key
 from ..redact import redact_text
@@ -164,7 +164,7 @@ def warm(client: redis.Redis, items: Iterable[WarmItem | str], loader: Callable[
         finally:
             unlock(keys=[lock_key], args=[token])
 
-    bar = tqdm(total=len(keys), desc="warming", unit="key", disable=not progress, leave=False)
+    bar = tqdm(total=len(keys), desc="warming", unit="key", disable=not progress, leave=False, mininterval=0.5)
     fatal: BaseException | None = None
     try:
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="warm") as pool:

@@ -1,0 +1,240 @@
+"""AppConfig (kind ``app.config``): the application's cache knobs changed through its config source.
+
+Inputs are the knobs to patch, e.g. ``{"cache_ttl_s": 300}`` or ``{"cache_key_scheme": "normalized"}``
+(the flat form the impact plan emits), validated against the lab's knobs (``lab.config.LabConfig``).
+
+* ``via: lab`` (default): the lab's config file is patched through the lab's own API
+  (``lab.config.patch_config``, what ``runbook lab config KEY=VALUE`` does); the backend re-reads it within
+  half a second, without a restart. The prior values are captured first and restored exactly on rollback.
+* ``via: configmap`` (live): the change is rendered as a Kubernetes ConfigMap JSON merge patch and a
+  ``kubectl patch`` command. It is PLANNED ONLY: this runbook has no cluster access, so capture refuses with
+  ``PlannedOnly`` (nothing is changed, nothing is verified); apply it yourself from the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import field_validator, model_validator
+
+from .base import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult, register_action, slug
+from .errors import ActionError, ActionInputError
+
+# The ConfigMap the live app reads its knobs from, unless the inputs name another (namespace/name).
+DEFAULT_CONFIGMAP = "default/api-config"
+# Knobs whose effect the verify loop reads on the cache hit ratio; the pool knobs act on errors.
+CACHE_KNOBS = ("cache_ttl_s", "cache_key_scheme")
+
+
+class PlannedOnly(ActionError):
+    hint = ("apply the plan's kubectl command yourself (with the cluster's change process), then check the "
+            "app picked it up; the runbook neither applies nor verifies ConfigMap patches")
+
+
+def _knob_types() -> dict[str, str]:
+    from ..lab.config import LabConfig
+
+    return {f.name: str(f.type) for f in fields(LabConfig)}
+
+
+def canonical(name: str, value: Any) -> Any:
+    """A knob's value in its type (300, "300" and 300.0 are the same TTL)."""
+    kind = _knob_types()[name]
+    if value is None:
+        return None
+    return {"float": float, "int": int}.get(kind, str)(value)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def configmap_patch(changes: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch for the app's ConfigMap: knob ``cache_ttl_s`` is data key ``CACHE_TTL_S``."""
+    return {"data": {k.upper(): _fmt(v) for k, v in changes.items()}}
+
+
+def kubectl_patch(configmap: str, patch: dict[str, Any]) -> str:
+    ns, name = configmap.split("/", 1)
+    return (f"kubectl --namespace {shlex.quote(ns)} patch configmap {shlex.quote(name)} --type merge "
+            f"--patch {shlex.quote(json.dumps(patch, separators=(',', ':')))}")
+
+
+def lab_config_file(path: str | None = None) -> Path:
+    """The lab's config file: the given path, or ``<lab state folder>/config.json``."""
+    from ..lab.config import CONFIG_FILE
+    from ..lab.stack import state_dir
+
+    return Path(path).resolve() if path else state_dir() / CONFIG_FILE
+
+
+def app_endpoint(settings) -> str:
+    """Where an ``app`` family change goes, for the audit lines (``Targets.endpoint("app")``)."""
+    if settings.mode == "live":
+        return "app config: ConfigMap (live, planned only)"
+    return f"app config: {lab_config_file()}"
+
+
+class AppConfigInputs(Inputs):
+    changes: dict[str, Any]
+    via: Literal["lab", "configmap"] = "lab"
+    config_file: str | None = None  # lab: default <lab state>/config.json
+    configmap: str = DEFAULT_CONFIGMAP  # live: namespace/name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        """Also accept the flat form the impact plan uses: ``{cache_ttl_s: 300}``."""
+        if isinstance(data, dict) and "changes" not in data:
+            own = {k: data[k] for k in ("via", "config_file", "configmap") if k in data}
+            return {"changes": {k: v for k, v in data.items() if k not in own}, **own}
+        return data
+
+    @field_validator("changes", mode="before")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        from ..lab.config import HEALTHY, LabConfigError, from_dict
+
+        if not isinstance(v, dict) or not v:
+            raise ValueError("changes must map at least one app knob to a value")
+        types = _knob_types()
+        unknown = sorted(set(v) - set(types))
+        if unknown:
+            raise ValueError(f"unknown app knob(s) {', '.join(unknown)}; known: {', '.join(types)}")
+        try:
+            out = {k: canonical(k, v[k]) for k in sorted(v)}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bad value: {e}") from None
+        try:
+            from_dict({**HEALTHY.as_dict(), **out})
+        except LabConfigError as e:
+            raise ValueError(str(e)) from None
+        return out
+
+    @field_validator("configmap")
+    @classmethod
+    def _ns_name(cls, v: str) -> str:
+        if v.count("/") != 1 or not all(v.split("/")):
+            raise ValueError("configmap must be namespace/name")
+        return v
+
+
+@register_action
+class AppConfig(Action):
+    kind = "app.config"
+    family = "app"
+    Inputs = AppConfigInputs
+    effect_signal = "cache_hit_ratio"
+    risk = "low"  # a knob change the app applies live; undone by setting the prior values back
+
+    inputs: AppConfigInputs
+
+    def __init__(self, inputs=None, **kwargs):
+        super().__init__(inputs, **kwargs)
+        if not set(self.names) & set(CACHE_KNOBS):
+            self.effect_signal = "error_ratio"  # pool knobs: their effect shows on 5xx
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.inputs.changes)
+
+    @property
+    def live(self) -> bool:
+        return self.inputs.via == "configmap"
+
+    @property
+    def path(self) -> Path:
+        return lab_config_file(self.inputs.config_file)
+
+    @property
+    def id(self) -> str:
+        return "app-config-" + slug(*self.names)
+
+    @property
+    def title(self) -> str:
+        t = "Set app " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.inputs.changes.items())
+        return t + (" (ConfigMap patch, planned only)" if self.live else "")
+
+    @property
+    def target(self) -> str:
+        if self.live:
+            return f"ConfigMap {self.inputs.configmap} (planned only: not applied, not verified)"
+        return f"lab app config {self.path}"
+
+    def _lab_cmd(self, values: dict[str, Any]) -> str:
+        return (f"runbook lab config --state {shlex.quote(str(self.path.parent))} "
+                + " ".join(shlex.quote(f"{k}={_fmt(v)}") for k, v in values.items()))
+
+    def plan(self) -> Plan:
+        placeholder = {k: f"<prior {k}>" for k in self.names}
+        if self.live:
+            ns, name = self.inputs.configmap.split("/", 1)
+            keys = ",".join(k.upper() for k in self.names)
+            return Plan(self.id, self.kind, self.title, self.target,
+                        commands=[kubectl_patch(self.inputs.configmap, configmap_patch(self.inputs.changes))],
+                        captures=[f"kubectl --namespace {ns} get configmap {name} -o json  # data keys {keys}"],
+                        rollback_commands=[kubectl_patch(self.inputs.configmap, configmap_patch(placeholder))],
+                        reversible=True, risk=self.risk)
+        return Plan(self.id, self.kind, self.title, self.target,
+                    commands=[self._lab_cmd(self.inputs.changes)],
+                    captures=[f"read {self.path}: {', '.join(self.names)}"],
+                    rollback_commands=[self._lab_cmd(placeholder)], reversible=True, risk=self.risk)
+
+    def rollback_commands(self, prior: dict[str, Any]) -> list[str]:
+        values = {k: prior.get(k) for k in self.names}
+        if self.live:
+            return [kubectl_patch(self.inputs.configmap, configmap_patch(values))]
+        return [self._lab_cmd(values)]
+
+    # --- the config source ----------------------------------------------------------------------
+
+    def _refuse(self, targets) -> None:
+        if self.live:
+            raise PlannedOnly(f"{self.id}: the ConfigMap patch for {self.inputs.configmap} is planned only and "
+                              "was not applied (no cluster access; unverified)")
+        if getattr(getattr(targets, "settings", None), "mode", None) == "live":
+            raise ActionInputError(f"{self.id}: live mode cannot patch the lab's config file",
+                                   hint="use via: configmap (a planned ConfigMap patch) in live mode")
+
+    def capture(self, targets) -> dict[str, Any]:
+        from ..lab.config import read_config
+
+        self._refuse(targets)
+        cfg = read_config(self.path)
+        return {k: getattr(cfg, k) for k in self.names}
+
+    def _matches(self, state: dict[str, Any], wanted: dict[str, Any]) -> bool:
+        return all(canonical(k, state.get(k)) == canonical(k, wanted.get(k)) for k in self.names)
+
+    def is_applied(self, state: dict[str, Any]) -> bool:
+        return self._matches(state, self.inputs.changes)
+
+    def apply(self, targets) -> ApplyResult:
+        from ..lab.config import patch_config
+
+        if self.is_applied(self.capture(targets)):
+            return ApplyResult(False, "already applied")
+        patch_config(self.path, **self.inputs.changes)
+        return ApplyResult(True, "patched " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.inputs.changes.items()),
+                           [self._lab_cmd(self.inputs.changes)])
+
+    def verify(self, targets) -> VerifyResult:
+        state = self.capture(targets)
+        if self.is_applied(state):
+            return VerifyResult(True, f"{self.path.name} holds the new values (the backend re-reads it within "
+                                      "0.5 s)", state)
+        return VerifyResult(False, f"{self.path.name} holds {state}, not {self.inputs.changes}", state)
+
+    def rollback(self, targets, prior: dict[str, Any]) -> RollbackResult:
+        from ..lab.config import patch_config
+
+        if self._matches(self.capture(targets), prior):
+            return RollbackResult(False, "nothing to undo: the prior values are in place")
+        values = {k: prior[k] for k in self.names}
+        patch_config(self.path, **values)
+        return RollbackResult(True, "restored " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()),
+                              [self._lab_cmd(values)])
