@@ -17,8 +17,9 @@ Safety under production load, on the runbook's autocommit connection:
   statements it is for) now reads it.
 
 Prior state: whether the index existed, its definition and validity. Rollback drops the index only
-when it did not exist (valid) before, so apply + rollback leaves the catalog exactly as it was; an
-INVALID leftover found before the run is debris, not state worth restoring.
+when it did not exist before, so apply + rollback leaves the catalog exactly as it was. An INVALID
+index found *before* the run is refused (its run's rollback or an operator drops it): only leftovers of
+this apply's own attempts are dropped and retried, so a rollback never has to restore debris.
 """
 
 from __future__ import annotations
@@ -207,8 +208,7 @@ class CreateIndex(Action):
 
     @staticmethod
     def _existed(prior: dict[str, Any]) -> bool:
-        """The index was there, usable, before the run (an INVALID leftover does not count)."""
-        return bool(prior.get("exists") and prior.get("valid") is not False)
+        return bool(prior.get("exists"))
 
     def rollback_commands(self, prior: dict[str, Any]) -> list[str]:
         return [] if self._existed(prior) else self._render(self._rollback_statements())
@@ -245,6 +245,10 @@ class CreateIndex(Action):
             return None
         if state["columns"] != self.inputs.columns:
             return f"index {state['index']} exists with other columns: {state['definition']}"
+        if not state["valid"]:
+            return (f"index {state['index']} exists but is INVALID, left by an interrupted build before this run; "
+                    "roll back the run that made it (runbook rollback RUN_DIR --apply) or DROP INDEX CONCURRENTLY "
+                    "it, then apply again")
         return None
 
     @staticmethod
@@ -284,30 +288,35 @@ class CreateIndex(Action):
             state = self.capture(targets)
             if state["exists"] and state["valid"]:
                 return attempt
-            if state["exists"]:  # INVALID: what an interrupted concurrent build leaves behind
-                self._run(conn, self._drop(), sent)
             try:
+                if state["exists"]:  # INVALID: what an interrupted concurrent build leaves behind
+                    self._run(conn, self._drop(), sent)
                 self._run(conn, self._create(), sent)
             except psycopg.Error as e:
                 if attempt == attempts or not self._retryable(e):
-                    self._drop_leftover(targets, sent)
+                    left = self._drop_leftover(targets, sent)
                     raise ActionFailed(f"CREATE INDEX failed after {attempt} attempt(s): "
-                                       f"{str(e).strip().splitlines()[0]}") from None
+                                       f"{str(e).strip().splitlines()[0]}{left}") from None
                 backoff_wait(min(RETRY_BACKOFF_S * 2 ** (attempt - 1), RETRY_BACKOFF_MAX_S))
                 continue
             if self.capture(targets)["valid"]:
                 return attempt
-        self._drop_leftover(targets, sent)
-        raise ActionFailed(f"index {self.qualified_index} still INVALID after {attempts} attempt(s)")
+        left = self._drop_leftover(targets, sent)
+        raise ActionFailed(f"index {self.qualified_index} still INVALID after {attempts} attempt(s){left}")
 
-    def _drop_leftover(self, targets, sent: list[str]) -> None:
-        """After a final failure: drop what this build left (INVALID), so a failed apply leaves no debris."""
+    def _drop_leftover(self, targets, sent: list[str]) -> str:
+        """After a final failure: drop what this build left (INVALID), so a failed apply leaves no debris.
+        Returns a note for the error message when something could not be dropped."""
         with suppress(psycopg.Error):
             if self.capture(targets)["exists"]:
                 conn = targets.postgres()
                 self._run(conn, sql.SQL("SET statement_timeout = {}").format(
                     sql.Literal(f"{LEFTOVER_DROP_TIMEOUT_MS}ms")), sent)
                 self._run(conn, self._drop(), sent)
+        with suppress(psycopg.Error):
+            if self.capture(targets)["exists"]:
+                return f"; the INVALID index {self.qualified_index} is still there (runbook rollback drops it)"
+        return ""
 
     @property
     def qualified_index(self) -> str:
