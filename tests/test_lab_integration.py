@@ -65,6 +65,16 @@ def _metric_lines(port: int, name: str) -> list[str]:
         return [line for line in r.read().decode().splitlines() if line.startswith(name)]
 
 
+def _some_traffic(info: dict) -> None:
+    """A little traffic of every kind, scraped, so every series exists even when a test runs alone."""
+    report = run_load_sync(info["backend_url"], LoadSpec(users=SeedSize.at_scale(SCALE).users, duration_s=3,
+                                                         rate=20, seed=11))
+    done = sum(report.by_status.values())
+    total = 'sum(http_request_duration_seconds_count{job="lab"})'
+    wait_until(lambda: (stack.prom_value(info["prometheus_url"], total) or 0) >= done, WAIT_S,
+               "Prometheus scrape of the requests")
+
+
 def _backend(state: Path) -> dict:
     return json.loads((state / BACKEND_DIR / BACKEND_FILE).read_text())
 
@@ -106,10 +116,7 @@ def test_degradation_is_visible_through_prometheus(lab):
 
 def test_every_lab_query_returns_one_series(lab):
     _, info, _ = lab
-    # a little traffic of every kind, so every series exists even when this test runs alone
-    run_load_sync(info["backend_url"], LoadSpec(users=SeedSize.at_scale(SCALE).users, duration_s=3, rate=20))
-    wait_until(lambda: stack.prom_value(info["prometheus_url"], 'count(cache_hits_total{job="lab"})'),
-               WAIT_S, "Prometheus scrape of the cache counters")
+    _some_traffic(info)
     for name, promql in _lab_queries().items():
         res = stack.prom_query(info["prometheus_url"], promql)
         assert len(res) == 1, f"{name}: {len(res)} series"
@@ -147,6 +154,8 @@ def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
     from runbook_lib.sources.fixture import FixtureSource
 
     state, info, _ = lab
+    patch_config(state / CONFIG_FILE, orders_query="join")  # an event inside the recorded window
+    _some_traffic(info)
     raw = read_yaml(project_root() / "parameters" / "lab.yaml")
     raw["source"]["url"] = info["prometheus_url"]
     raw["postgres"]["dsn"] = info["dsn"]
@@ -162,7 +171,7 @@ def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
                  "app_config", "redis_keys"):
         assert src.bundle.has_snapshot(name)
     assert "user_recent_orders" not in str(src.bundle.snapshot("pg_indexes"))  # sanity: it is a table
-    assert src.bundle.snapshot("app_config")["orders_query"] == "join"  # the patch of the test before
+    assert src.bundle.snapshot("app_config")["orders_query"] == "join"
     assert any("config patch" in e.label for e in src.events())
     assert "orders" in set(src.bundle.snapshot("pg_stat_user_tables.end")["relname"])
 
