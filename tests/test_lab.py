@@ -160,3 +160,12 @@ def test_patch_logs_an_event_for_the_recorder(tmp_path):
     labcfg.patch_config(path, orders_query="join")
     (ev,) = [json.loads(line) for line in (tmp_path / labcfg.EVENTS_FILE).read_text().splitlines()]
     assert ev["kind"] == "remediation" and "orders_query=join" in ev["label"]
+
+
+@pytest.mark.parametrize("item", ["400:degraded", "x:healthy", "10:broken", "10", "-1:healthy"])
+def test_profile_switch_must_be_inside_the_load(item):
+    from runbook_lib.lab.cli import _parse_switch
+
+    assert _parse_switch("120:degraded", 300) == (120.0, "degraded")
+    with pytest.raises(LabError, match="SECONDS:PROFILE"):
+        _parse_switch(item, 300)

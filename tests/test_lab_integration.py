@@ -176,6 +176,17 @@ def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
     assert "orders" in set(src.bundle.snapshot("pg_stat_user_tables.end")["relname"])
 
 
+def test_load_switches_profile_midway(lab, capsys):
+    from runbook_lib.cli import main
+    from runbook_lib.lab.config import EVENTS_FILE, HEALTHY, read_config
+
+    state, _, _ = lab
+    assert main(["lab", "load", "--state", str(state), "--duration", "4", "--rate", "10", "--at", "1:healthy"]) == 0
+    assert "t+1s: switched to the healthy profile" in capsys.readouterr().out
+    assert read_config(state / CONFIG_FILE) == HEALTHY
+    assert "healthy profile" in (state / EVENTS_FILE).read_text().splitlines()[-1]
+
+
 def test_down_works_after_the_supervisor_crashed(lab):
     state, _, seen = lab
     seen.update(_lab_pids(state))

@@ -7,11 +7,12 @@ subclasses for expected failures; the main CLI prints them with their hint.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 
 from .config import CONFIG_FILE, PROFILES, parse_assignments, patch_config, read_config
-from .errors import LabNotRunning
+from .errors import LabError, LabNotRunning
 from .load import INCIDENT_RATE
 
 
@@ -75,9 +76,45 @@ def _cmd_load(args) -> int:
                     concurrency=args.concurrency, users=SeedSize.at_scale(lab["scale"]).users, seed=args.seed)
     print(f"load: {spec.rate:g} req/s for {spec.duration_s:g} s (at most {spec.max_requests} requests, "
           f"{spec.concurrency} in flight) -> {lab['backend_url']}", flush=True)
-    report = run_load_sync(lab["backend_url"], spec).summary()
+    schedule = [_parse_switch(item, spec.duration_s) for item in args.at or []]
+    if schedule:
+        report = asyncio.run(_load_with_switches(lab["backend_url"], spec, state, schedule)).summary()
+    else:
+        report = run_load_sync(lab["backend_url"], spec).summary()
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _parse_switch(item: str, duration: float) -> tuple[float, str]:
+    """``120:degraded`` -> (120.0, "degraded"), within the load's duration."""
+    when, sep, profile = item.partition(":")
+    try:
+        at = float(when)
+    except ValueError:
+        at = -1.0
+    if not sep or profile not in PROFILES or not 0 <= at < duration:
+        raise LabError(f"--at {item!r}: expected SECONDS:PROFILE with SECONDS inside the load's duration "
+                       f"and PROFILE one of {', '.join(sorted(PROFILES))}")
+    return at, profile
+
+
+async def _load_with_switches(url: str, spec, state: Path, schedule: list[tuple[float, str]]):
+    """The load, with profile switches at given seconds into it (a 'deploy' and a 'fix' on the timeline)."""
+    from .load import run_load
+    from .stack import apply_profile
+
+    async def switches():
+        t0 = asyncio.get_running_loop().time()
+        for at, profile in sorted(schedule):
+            await asyncio.sleep(max(0.0, t0 + at - asyncio.get_running_loop().time()))
+            await asyncio.to_thread(apply_profile, profile, state)
+            print(f"t+{at:g}s: switched to the {profile} profile", flush=True)
+
+    task = asyncio.create_task(switches())
+    try:
+        return await run_load(url, spec)
+    finally:
+        task.cancel()
 
 
 def _cmd_config(args) -> int:
@@ -136,6 +173,9 @@ def register(subparsers) -> None:
     p.add_argument("--concurrency", type=int, default=64, help="max requests in flight (default: %(default)s)")
     p.add_argument("--max-requests", type=int, default=100_000, help="request budget (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--at", action="append", metavar="SECONDS:PROFILE",
+                   help="switch profile during the load, e.g. --at 120:degraded (repeatable): a baseline, "
+                        "then the incident, in one bounded run")
     p.set_defaults(func=_cmd_load)
 
     p = sub.add_parser("config", parents=[common], help="show or patch the backend knobs (live, no restart)")
