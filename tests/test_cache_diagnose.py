@@ -82,6 +82,11 @@ def test_ttl_formula_and_staleness_cap():
     assert r["recommended_s"] == 15 and any("1 - 0.80" in w for w in r["reasoning"])
     slow = keys.assign(key=[f"api:users::page=1:{17900000000 + i * 1200}" for i in range(5)])  # every 120 s
     assert rec.recommend_ttl(slow, 5, 0.8, max_staleness_s=300)["recommended_s"] == 300
+    # most requests are for keys seen once (their interval is longer than the keys live): staleness bound
+    tail = pd.concat([keys, pd.DataFrame({"key": [f"api:users::page={p}:17900000000" for p in range(2, 12)],
+                                          "ttl_s": [5] * 10})])
+    r = rec.recommend_ttl(tail, 5, 0.8, max_staleness_s=300)
+    assert r["recommended_s"] == 300 and r["reuse_interval_s"] is None and "not measurable" in r["reasoning"][1]
 
 
 def test_memory_findings_flag_each_misconfiguration():
@@ -192,9 +197,9 @@ def test_too_small_maxmemory_evictions_and_policies(private_redis):
     report = build_report(col.CacheSnapshot("t", start, end, col.key_sample(client, 5000)))
     d = report["redis"]
     evicted = n - end["dbsize"]  # keys written minus keys left: no key expired (TTL 300 s)
-    # Redis evicts before running any command while over maxmemory, the snapshot's own INFO/TIME/DBSIZE
-    # included: at most a key or two more than the dbsize shows
-    assert evicted > 0 and evicted <= d["evicted_per_s"] * d["seconds"] <= evicted + 2
+    # Redis evicts before running any command while over maxmemory, the snapshot's own TIME and DBSIZE
+    # included (after INFO read the counter): the two figures may differ by a key or two
+    assert evicted > 0 and abs(d["evicted_per_s"] * d["seconds"] - evicted) <= 2
     assert d["misses"] == n and d["maxmemory"] == 2 * 2**20
     problems = set(report["problems"])
     assert {"evictions", "memory full", "limit far below the working set"} <= problems

@@ -77,8 +77,9 @@ class FakeApp:
     """A tiny threaded HTTP app: /api/... answers a JSON body naming the path, after an optional hook;
     /metrics serves cache counters that grow by fixed amounts per scrape. Records concurrency."""
 
-    def __init__(self, on_request=None, metrics_steps=None):
+    def __init__(self, on_request=None, metrics_steps=None, answer=None):
         self.on_request = on_request
+        self.answer = answer  # optional: path -> JSON-able body (e.g. a fake Prometheus API)
         self.metrics_steps = list(metrics_steps or [])
         self.requests: list[str] = []
         self.in_flight = 0
@@ -104,7 +105,8 @@ class FakeApp:
                     try:
                         if app.on_request:
                             app.on_request(n, self.path)
-                        body = json.dumps({"path": self.path}).encode()
+                        reply = app.answer(self.path) if app.answer else {"path": self.path}
+                        body = json.dumps(reply).encode()
                         ctype = "application/json"
                     finally:
                         with app._lock:

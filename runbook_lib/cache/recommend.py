@@ -7,7 +7,9 @@ TTL. A key re-requested every ``i`` seconds and kept ``T`` seconds is missed onc
 ``T/i - 1`` times, so its hit ratio is ``1 - i/T``. To reach the target hit ratio ``H`` the TTL must be
 ``T >= i / (1 - H)``. ``i`` is measured from the sample: single-use keys of the same logical key carry
 the time they were written (each write follows a miss), so consecutive versions give the re-request
-interval. The result is capped by how stale a response may be (``max_staleness_s``, a product decision).
+intervals; the median request's interval is used (intervals longer than the keys live are unseen and
+counted as such). The result is capped by how stale a response may be (``max_staleness_s``, a product
+decision).
 
 Memory. Under the new TTL the cache holds about (distinct keys requested per second) x TTL entries.
 Distinct keys per second is at most the miss rate (every miss writes a key) times the share of distinct
@@ -28,8 +30,8 @@ from ..diagnose.cache import key_timestamp_s, logical_key, volatile_parts
 TARGET_HIT_RATIO = 0.80
 # How stale a cached response may be; the seed incident's fix chose 300 s (fixtures/d2-latency).
 MAX_STALENESS_S = 300.0
-# The re-request interval the TTL must cover: the request-weighted median over logical keys, i.e. the
-# TTL reaches the target for the keys that carry half of the re-requests (the popular ones).
+# The re-request interval the TTL must cover: the median over requests, i.e. the TTL reaches the target
+# for the half of the requests that come soonest after the previous request for the same key.
 INTERVAL_QUANTILE = 0.5
 # TTLs are rounded up to one of these (seconds): operators read and set round numbers.
 NICE_TTLS_S = (5, 10, 15, 30, 60, 120, 180, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
@@ -81,25 +83,48 @@ def key_lifetime_s(deltas: dict, dbsize: int | None) -> float | None:
 
 def recommend_ttl(keys: pd.DataFrame, current_ttl_s: float | None, target: float = TARGET_HIT_RATIO,
                   max_staleness_s: float = MAX_STALENESS_S) -> dict[str, Any]:
+    """The TTL for ``target`` from the measured re-request intervals (see the module doc).
+
+    Every sampled version of a logical key is one request. The first version of each logical key has no
+    earlier version in the sample: its interval is only known to be longer than the sample covers
+    (censored). The INTERVAL_QUANTILE request's interval is read from observed and censored ones together;
+    when it falls among the censored, the interval is longer than anything measurable and the TTL is the
+    staleness bound.
+    """
     why: list[str] = []
     iv = reuse_intervals(keys)
     current = float(current_ttl_s) if current_ttl_s is not None else None
+    observed: list[float] = []
+    censored = 0
     if len(iv):
-        weights = iv["versions"] - 1
-        order = iv["median_interval_s"].argsort()
-        cum = weights.iloc[order].cumsum() / weights.sum()
-        interval = float(iv["median_interval_s"].iloc[order].iloc[int((cum >= INTERVAL_QUANTILE).to_numpy().argmax())])
-        needed = interval / (1 - target)
-        why.append(f"{len(iv)} logical keys were written more than once in the sample; the request-weighted "
-                   f"median re-request interval is {interval:.2f} s")
-        why.append(f"a key re-requested every {interval:.2f} s needs TTL >= {interval:.2f} / (1 - {target:.2f}) "
-                   f"= {needed:.1f} s to reach a {target:.0%} hit ratio")
-        if keys is not None and len(keys) and (keys["ttl_s"] >= 0).any():
-            longest = float(keys.loc[keys["ttl_s"] >= 0, "ttl_s"].max())
-            why.append(f"intervals longer than the keys live ({longest:.0f} s at most in the sample) cannot be "
-                       "seen, so this is a lower bound for the long tail")
+        ts = pd.DataFrame({"logical": [logical_key(k) for k in keys["key"]],
+                           "t": [key_timestamp_s(k) for k in keys["key"]]}).dropna()
+        for _, g in ts.groupby("logical"):
+            d = g["t"].sort_values().diff().dropna()
+            observed += [float(x) for x in d[d > 0]]
+        censored = int(ts["logical"].nunique())  # each logical key's first request: interval unseen
+    interval: float | None = None
+    if observed:
+        observed.sort()
+        longest = float(keys.loc[keys["ttl_s"] >= 0, "ttl_s"].max()) if (keys["ttl_s"] >= 0).any() else None
+        total = len(observed) + censored
+        pos = int(INTERVAL_QUANTILE * total)
+        span = f"{longest:.0f} s" if longest is not None else "the sample"
+        why.append(f"{len(observed)} re-requests with a measured interval (versions of {censored} logical keys "
+                   f"with a timestamp); the first request of each has an interval longer than {span} (unseen)")
+        if pos < len(observed):
+            interval = observed[pos]
+            needed = interval / (1 - target)
+            why.append(f"the median re-request comes {interval:.2f} s after the previous one; a key re-requested "
+                       f"every {interval:.2f} s needs TTL >= {interval:.2f} / (1 - {target:.2f}) = {needed:.1f} s "
+                       f"to reach a {target:.0%} hit ratio")
+        else:
+            needed = max_staleness_s
+            why.append(f"over half of the requests come longer than {span} after the previous one (not "
+                       f"measurable here), so the TTL needed for {target:.0%} is longer than any measured interval: "
+                       "the staleness bound")
     else:
-        interval, needed = None, max_staleness_s
+        needed = max_staleness_s
         why.append("no logical key appears twice in the sample (no timestamped versions): the re-request "
                    "interval is not measurable from keys, so the TTL is the staleness bound")
     ttl = _nice_ttl(needed)
