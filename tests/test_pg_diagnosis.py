@@ -14,7 +14,8 @@ from test_actions_support import make_settings
 from runbook_lib import cli
 from runbook_lib.actions import execute
 from runbook_lib.diagnose import db as db_dx
-from runbook_lib.pg import advisor, report, stats, workload
+from runbook_lib.pg import advisor, live, report, stats, workload
+from runbook_lib.settings import Postgres
 
 pytestmark = pytest.mark.slow
 
@@ -174,6 +175,39 @@ def test_role_without_pg_read_all_stats_gets_a_warning(seeded, private_postgres)
     finally:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_one_statement_split_over_queryids_by_parameter_type_is_grouped(seeded):
+    """psycopg binds 5 as int2 and 40000 as int4: pg_stat_statements records two queryids."""
+    dsn, _ = seeded
+    q = "SELECT count(*) AS split_test FROM users WHERE id > %s"
+    with stats.connect(dsn) as conn:
+        start = stats.collect(conn)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            for v in (5, 40_000, 6, 50_000):
+                c.execute(q, (v,))
+        end = stats.collect(conn)
+    d = db_dx.per_request(db_dx.statement_deltas(start.statements, end.statements), 4)
+    split = d[d["query"].str.contains("split_test")]
+    assert len(split) == 2 and split["calls"].tolist() == [2.0, 2.0]
+    grouped = db_dx.fingerprint_groups(d)
+    [row] = grouped[grouped["query"].str.contains("split_test")].itertuples()
+    assert row.calls == 4 and row.calls_per_request == 1.0 and len(row.queryids) == 2
+
+
+def test_live_entry_points_for_the_evidence_layer(seeded):
+    dsn, sizes = seeded
+    pg = Postgres(dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database "
+                  "WHERE datname = current_database()), 0)")
+    workload.run_requests(dsn, REQUESTS, sizes["users"], sizes["products"], seed_value=3)
+    snap, meta = live.snapshots(pg, requests=REQUESTS)
+    assert meta["requests"] == REQUESTS and meta["missing"] == []
+    assert len(db_dx.n_plus_one(snap.statements)) == 1
+    proposals = live.index_proposals(pg, snap)
+    assert {(p["table"], tuple(p["columns"])) for p in proposals} == workload.EXPECTED_INDEXES
+    assert all({"table", "columns", "reason", "share"} <= set(p) for p in proposals)
 
 
 def test_proposals_applied_through_the_framework_fix_the_scans(seeded, window, tmp_path):

@@ -14,7 +14,14 @@ import pytest
 from psycopg import sql
 from test_actions_support import audit_lines, make_settings, pg_indexes
 
-from runbook_lib.actions import ActionFailed, ActionInputError, CreateIndex, VerifyFailed, execute, rollback_run
+from runbook_lib.actions import (
+    ActionFailed,
+    ActionInputError,
+    CreateIndex,
+    VerifyFailed,
+    execute,
+    rollback_run,
+)
 from runbook_lib.actions import postgres_index as pgi
 
 pytestmark = pytest.mark.slow
@@ -175,9 +182,9 @@ def test_final_failure_drops_its_own_invalid_leftover(dsn, run_dir):
 
 
 def test_invalid_index_from_before_the_run_is_refused_with_the_fix_and_left_alone(dsn, run_dir):
-    with psycopg.connect(dsn, autocommit=True) as c:  # a failed unique build leaves an INVALID index behind
-        with pytest.raises(psycopg.errors.UniqueViolation):
-            c.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_orders_user_id ON orders (user_id)")
+    # a failed unique build leaves an INVALID index behind
+    with psycopg.connect(dsn, autocommit=True) as c, pytest.raises(psycopg.errors.UniqueViolation):
+        c.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_orders_user_id ON orders (user_id)")
     before = pg_indexes(dsn)
     with pytest.raises(ActionFailed, match="INVALID, left by an interrupted build before this run") as err:
         execute([CreateIndex(table="orders", columns=["user_id"])], make_settings(pg_dsn=dsn, apply=True), run_dir)

@@ -2,7 +2,9 @@
 
 ``diagnose(conn, start, end, requests)`` runs the pure analyses on the window's deltas (N+1 by
 fingerprint, seq-scan-heavy tables, pool) and the HypoPG advisor (the only part that needs the
-connection). A missing HypoPG does not stop the rest: the advisor's error and its fix are reported.
+connection). Statements are grouped by pglast fingerprint first: pg_stat_statements gives the same
+statement several queryids when a driver binds a parameter as int2 for small values and int4 for
+larger ones (psycopg does), and per-queryid figures would then undercount calls per request. A missing HypoPG does not stop the rest: the advisor's error and its fix are reported.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def diagnose(conn: psycopg.Connection, start: stats.DbSnapshot, end: stats.DbSna
                         "detection need it")
     heavy = db_dx.seq_scan_heavy(snap.tables)
     try:
-        adv = advisor.advise(conn, statements, snap.tables, snap.indexes).as_dict()
+        adv = advisor.advise(conn, groups, snap.tables, snap.indexes).as_dict()
         adv["error"] = None
     except PgDiagnosisError as e:
         adv = {"proposals": [], "evaluated": 0, "skipped": [], "notes": [], "error": str(e), "hint": e.hint}
@@ -97,7 +99,7 @@ def diagnose(conn: psycopg.Connection, start: stats.DbSnapshot, end: stats.DbSna
         window={"mode": mode, "start": start.taken_at.isoformat(), "end": end.taken_at.isoformat(),
                 "seconds": round(seconds, 3)},
         requests=requests,
-        statements=_records(statements.head(TOP_STATEMENTS), cols, "queryid"),
+        statements=_records(groups.head(TOP_STATEMENTS), [*cols, "queryids"], "queryid"),
         n_plus_one=_records(n1, [*cols, "queryids"], "queryid"),
         rewrites=[r.as_dict() for r in rewrite.recommend(n1, groups)],
         seq_scan_heavy=_records(heavy, ["n_live_tup", "seq_scan", "seq_tup_read", "idx_scan", "seq_share",
