@@ -206,3 +206,15 @@ def test_hostile_identifiers_are_quoted_in_every_statement():
     [stmt] = pglast.parse_sql(create)  # every ';' is inside a quoted identifier: one statement
     assert stmt.stmt.relation.relname == 'we"ird; DROP TABLE orders; --'
     assert [p.name for p in stmt.stmt.indexParams] == ["ünï cøde", "semi;colon"]
+
+
+def test_rewrite_parent_is_the_statement_whose_rows_feed_the_loop():
+    d = pd.DataFrame({
+        "query": ["SELECT * FROM orders WHERE user_id = $1", "SELECT id FROM users WHERE email = $1",
+                  "SELECT id FROM users WHERE id > $1 ORDER BY id LIMIT $2"],
+        "calls": [250.0, 10.0, 10.0], "rows_per_call": [5.0, 1.0, 25.0], "calls_per_request": [25.0, 1.0, 1.0],
+        "ms_per_request": [50.0, 5.0, 0.1], "time_share": [0.9, 0.09, 0.01],
+        "total_exec_time": [500.0, 50.0, 1.0],  # the email lookup costs more, but returns one row
+    }, index=pd.Index([1, 2, 3], name="queryid"))
+    [r] = rewrite.recommend(d.iloc[[0]], d)
+    assert r.parent_query == "SELECT id FROM users WHERE id > $1 ORDER BY id LIMIT $2"

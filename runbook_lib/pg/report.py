@@ -83,7 +83,8 @@ def diagnose(conn: psycopg.Connection, start: stats.DbSnapshot, end: stats.DbSna
     if not requests:
         warnings.append("no request count given (--requests or --request-rate): calls per request and N+1 "
                         "detection need it")
-    heavy = db_dx.seq_scan_heavy(snap.tables)
+    heavy = db_dx.seq_scan_heavy(snap.tables).join(
+        stats.statio_deltas(start.statio, end.statio)[["heap_blks_read", "heap_hit_ratio"]], how="left")
     try:
         adv = advisor.advise(conn, groups, snap.tables, snap.indexes).as_dict()
         adv["error"] = None
@@ -103,7 +104,7 @@ def diagnose(conn: psycopg.Connection, start: stats.DbSnapshot, end: stats.DbSna
         n_plus_one=_records(n1, [*cols, "queryids"], "queryid"),
         rewrites=[r.as_dict() for r in rewrite.recommend(n1, groups)],
         seq_scan_heavy=_records(heavy, ["n_live_tup", "seq_scan", "seq_tup_read", "idx_scan", "seq_share",
-                                        "rows_per_seq_scan"], "table"),
+                                        "rows_per_seq_scan", "heap_blks_read", "heap_hit_ratio"], "table"),
         index_proposals=proposals, advisor=adv,
         pool=pool.diagnose(end.activity, st, statements, seconds, app_pool, database=st.get("database")),
         warnings=warnings)
@@ -152,7 +153,9 @@ def render_text(d: DbDiagnosis) -> str:
     out += ["", "Large tables read by sequential scans"]
     for r in d.seq_scan_heavy:
         out.append(f"  {r['table']}: {r['n_live_tup']:,.0f} rows, {r['seq_share']:.0%} of scans sequential, "
-                   f"{r['seq_scan']:,.0f} seq scans reading {r['rows_per_seq_scan']:,.0f} rows each")
+                   f"{r['seq_scan']:,.0f} seq scans reading {r['rows_per_seq_scan']:,.0f} rows each; "
+                   f"buffer hit ratio {_num(r.get('heap_hit_ratio'), '.1%')}, "
+                   f"{_num(r.get('heap_blks_read'), ',.0f')} blocks read from disk")
     if not d.seq_scan_heavy:
         out.append("  none")
     out += ["", f"Missing indexes (HypoPG what-if; kept when plan cost falls >= {advisor.MIN_COST_REDUCTION:.0%})"]

@@ -15,6 +15,7 @@ These are recommendations shown to the app owner; the runbook never edits applic
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -101,8 +102,10 @@ def _params(node: Any):
     return [n for n in explain._walk(node) if isinstance(n, ast.ParamRef)]
 
 
-def find_parent(deltas: pd.DataFrame, key: str) -> tuple[str, str] | None:
-    """(table, query) of the statement run about once per request that reads the key's parent table."""
+def find_parent(deltas: pd.DataFrame, key: str, child_calls: float) -> tuple[str, str] | None:
+    """(table, query) of the statement that feeds the loop: it reads the key's parent table about once
+    per request, and the rows it returns (calls x rows per call) best match the child's calls (one child
+    call per parent row)."""
     names = parent_table_names(key)
     best = None
     for _, row in deltas.iterrows():
@@ -112,8 +115,10 @@ def find_parent(deltas: pd.DataFrame, key: str) -> tuple[str, str] | None:
         sel = _parse_select(row["query"])
         if sel is None or sel.fromClause[0].relname not in names:
             continue
-        if best is None or row["total_exec_time"] > best[2]:
-            best = (sel.fromClause[0].relname, row["query"], row["total_exec_time"])
+        parent_rows = row["calls"] * row["rows_per_call"]
+        miss = abs(math.log(parent_rows / child_calls)) if parent_rows > 0 and child_calls > 0 else math.inf
+        if best is None or miss < best[2]:
+            best = (sel.fromClause[0].relname, row["query"], miss)
     return (best[0], best[1]) if best else None
 
 
@@ -175,7 +180,7 @@ def recommend(n_plus_one: pd.DataFrame, deltas: pd.DataFrame) -> list[Rewrite]:
                                "no `column = $n` filter found: batch the loop's queries into one statement"))
             continue
         key = found[1]
-        parent = find_parent(deltas.drop(index=qid, errors="ignore"), key)
+        parent = find_parent(deltas.drop(index=qid, errors="ignore"), key, float(row["calls"]))
         join = join_form(row["query"], parent[1]) if parent else None
         batched = batched_form(row["query"])
         notes = [(f"{row['calls_per_request']:.1f} calls per request, {row['ms_per_request']:.1f} ms of DB time "

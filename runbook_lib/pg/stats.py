@@ -122,11 +122,9 @@ def connect(dsn: str, password: str | None = None) -> psycopg.Connection:
         kwargs["password"] = password
     try:
         conn = psycopg.connect(dsn, **kwargs)
-    except psycopg.Error as e:
+    except psycopg.Error as e:  # also an unparseable DSN (ProgrammingError)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PgDiagnosisError(f"cannot connect to PostgreSQL: {redact_text(first)}") from None
-    except psycopg.ProgrammingError as e:  # pragma: no cover - unparseable DSN
-        raise PgDiagnosisError(f"invalid DSN: {redact_text(str(e))}") from None
     conn.execute(marked(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{READ_STATEMENT_TIMEOUT_MS}ms"))))
     return conn
 
