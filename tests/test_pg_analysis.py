@@ -218,3 +218,23 @@ def test_rewrite_parent_is_the_statement_whose_rows_feed_the_loop():
     }, index=pd.Index([1, 2, 3], name="queryid"))
     [r] = rewrite.recommend(d.iloc[[0]], d)
     assert r.parent_query == "SELECT id FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+
+
+def test_cli_refuses_bad_arguments_before_connecting(capsys, monkeypatch):
+    from runbook_lib import cli
+
+    nowhere = "postgresql://postgres@127.0.0.1:1/none"
+    assert cli.main(["diagnose", "db", "--dsn", nowhere, "--window", "7200"]) == 2
+    assert "longer than 3600 s" in capsys.readouterr().err
+    monkeypatch.delenv("RUNBOOK_TEST_NO_SUCH_PW", raising=False)
+    assert cli.main(["diagnose", "db", "--dsn", nowhere, "--password-env", "RUNBOOK_TEST_NO_SUCH_PW"]) == 2
+    assert "RUNBOOK_TEST_NO_SUCH_PW is not set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["diagnose", "db", "--dsn", nowhere, "--window", "0"])
+    assert "must be > 0" in capsys.readouterr().err
+    # an unreachable server: one line, no traceback, no password
+    monkeypatch.setenv("RUNBOOK_TEST_PW", "planted-pw-123")
+    assert cli.main(["diagnose", "db", "--dsn", nowhere + "?connect_timeout=2", "--password-env",
+                     "RUNBOOK_TEST_PW"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot connect to PostgreSQL") and "planted-pw-123" not in err

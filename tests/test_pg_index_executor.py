@@ -130,7 +130,7 @@ def _cancel_when_waiting(dsn: str, blocker: psycopg.Connection, done: dict) -> N
             deadline = time.monotonic() + DEADLINE_S
             while time.monotonic() < deadline:
                 row = c.execute("SELECT pid, phase FROM pg_stat_progress_create_index "
-                                "WHERE phase LIKE 'waiting for writers%'").fetchone()
+                                "WHERE phase LIKE 'waiting for writers%' AND datname = current_database()").fetchone()
                 if row:
                     done["invalid_seen"] = _invalid(dsn)
                     done["cancelled"] = c.execute("SELECT pg_cancel_backend(%s)", (row[0],)).fetchone()[0]

@@ -32,7 +32,8 @@ def _positive(v: str) -> float:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("db", help="N+1, missing indexes (HypoPG) and pool sizing from a live PostgreSQL",
-                              description=__doc__.split("\n\n")[0])
+                              description="Diagnose a live PostgreSQL from its statistics: N+1 statements, "
+                                          "missing indexes (HypoPG what-if), connections and a pool size.")
     p.add_argument("--dsn", required=True, help="libpq DSN or URL, without a password")
     p.add_argument("--window", type=_positive, metavar="SECONDS",
                    help=f"take two snapshots this far apart (<= {stats.MAX_WINDOW_S}); default: since the last "
@@ -49,6 +50,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.window and args.window > stats.MAX_WINDOW_S:
+        raise PgDiagnosisError(f"--window {args.window:g} is longer than {stats.MAX_WINDOW_S} s",
+                               hint="diagnose a shorter window, or omit --window to read since the last reset")
     try:
         Postgres(dsn=args.dsn)
     except ValidationError as e:
