@@ -38,11 +38,12 @@ from ..diagnose import db as db_dx
 from . import explain
 from .errors import ExtensionMissing, PgDiagnosisError
 
-# A candidate is kept only when it at least halves a statement's plan cost (the issue's bar; dexter
-# likewise keeps an index only for a "significant" cost improvement, 50% by default in its docs' examples).
+# A candidate is kept only when it at least halves a statement's plan cost: dexter's default
+# (--min-cost-savings-pct 50), which also evaluates its candidates with HypoPG.
 MIN_COST_REDUCTION = 0.5
 # A wider index (two columns) is chosen over a narrower one only when its plan is this much cheaper:
-# below that the extra column costs writes and space for nothing (dexter prefers the single column).
+# below that the extra column costs writes and space for little (our choice: plan costs within ~10% are
+# planner-noise territory).
 WIDER_MIN_EXTRA_GAIN = 0.10
 # Statements worth indexing for: at least 1% of DB time in the window, the 25 biggest at most (pghero's
 # "slow queries" view lists the top statements by total time the same way).
