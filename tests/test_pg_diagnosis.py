@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import pandas as pd
 import psycopg
 import pytest
 from psycopg import sql
@@ -208,6 +209,25 @@ def test_live_entry_points_for_the_evidence_layer(seeded):
     proposals = live.index_proposals(pg, snap)
     assert {(p["table"], tuple(p["columns"])) for p in proposals} == workload.EXPECTED_INDEXES
     assert all({"table", "columns", "reason", "share"} <= set(p) for p in proposals)
+
+
+def test_a_candidate_hypopg_cannot_build_is_skipped_not_fatal(seeded):
+    dsn, _ = seeded
+    with psycopg.connect(dsn, autocommit=True) as c:  # box has '=' but no btree operator class
+        c.execute("CREATE TABLE shapes AS SELECT g AS id, box(point(g, g), point(g + 1, g + 1)) AS b "
+                  "FROM generate_series(1, 20000) g")
+        c.execute("ANALYZE shapes")
+    statements = pd.DataFrame({"query": ["SELECT id FROM shapes WHERE b = $1"], "calls": [10.0],
+                               "time_share": [1.0]}, index=pd.Index([1], name="queryid"))
+    try:
+        with stats.connect(dsn) as conn:
+            evaluations, skipped = advisor.evaluate(conn, statements,
+                                                    {advisor.Candidate("shapes", ("b",)): {1}})
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("DROP TABLE shapes")
+    assert evaluations == []
+    assert skipped[0]["candidate"] == "shapes (b)" and "operator class" in skipped[0]["why"]
 
 
 def test_proposals_applied_through_the_framework_fix_the_scans(seeded, window, tmp_path):

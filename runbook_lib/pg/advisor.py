@@ -407,15 +407,19 @@ def evaluate(conn: psycopg.Connection, statements: pd.DataFrame, cands: Mapping[
             if not qids:
                 continue
             ddl = _hypo_ddl(cand).as_string(conn)
-            indexrelid = conn.execute(explain.marked("SELECT indexrelid FROM hypopg_create_index(%s)"),
-                                      (ddl,)).fetchone()[0]
             try:
+                indexrelid = conn.execute(explain.marked("SELECT indexrelid FROM hypopg_create_index(%s)"),
+                                          (ddl,)).fetchone()[0]
                 size = int(conn.execute(explain.marked("SELECT hypopg_relation_size(%s)"), (indexrelid,)).fetchone()[0])
                 costs = []
                 for q in qids:
                     row = statements.loc[q]
                     costs.append(StatementCost(q, row["query"], float(row["calls"]), float(row["time_share"]),
                                                base[q], explain.cost(conn, row["query"])))
+            except (psycopg.Error, PgDiagnosisError) as e:  # e.g. a column type without a btree operator class
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                skipped.append({"candidate": f"{cand.table} ({', '.join(cand.columns)})", "why": first})
+                continue
             finally:
                 conn.execute(_RESET)
             out.append(Evaluation(cand, size, costs))

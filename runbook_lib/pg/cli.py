@@ -14,10 +14,11 @@ import argparse
 import os
 import sys
 
+import psycopg
 from pydantic import ValidationError
 
 from ..actions.targets import postgres_endpoint
-from ..redact import register_secret
+from ..redact import redact_text, register_secret
 from ..settings import Postgres
 from . import report, stats
 from .errors import PgDiagnosisError
@@ -66,6 +67,16 @@ def run(args) -> int:
                                    hint="export it, or drop --password-env to use PGPASSWORD / ~/.pgpass")
         register_secret(password)
     endpoint = postgres_endpoint(args.dsn)
+    try:
+        d = _diagnose(args, password, endpoint)
+    except psycopg.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PgDiagnosisError(f"reading statistics from {endpoint} failed: {redact_text(first)}") from None
+    print(d.to_json() if args.json else d.to_text(), end="" if not args.json else "\n")
+    return 0
+
+
+def _diagnose(args, password: str | None, endpoint: str) -> report.DbDiagnosis:
     with stats.connect(args.dsn, password) as conn:
         if args.window:
             if not args.json:
@@ -79,6 +90,4 @@ def run(args) -> int:
         requests = args.requests or (args.request_rate * seconds if args.request_rate else None)
         app_pool = {"db_pool_max": args.pool_size, "replicas": args.replicas} if args.pool_size else \
             {"replicas": args.replicas}
-        d = report.diagnose(conn, start, end, requests, app_pool=app_pool, endpoint=endpoint, mode=mode)
-    print(d.to_json() if args.json else d.to_text(), end="" if not args.json else "\n")
-    return 0
+        return report.diagnose(conn, start, end, requests, app_pool=app_pool, endpoint=endpoint, mode=mode)

@@ -90,6 +90,10 @@ def diagnose(conn: psycopg.Connection, start: stats.DbSnapshot, end: stats.DbSna
         adv["error"] = None
     except PgDiagnosisError as e:
         adv = {"proposals": [], "evaluated": 0, "skipped": [], "notes": [], "error": str(e), "hint": e.hint}
+    except psycopg.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        adv = {"proposals": [], "evaluated": 0, "skipped": [], "notes": [], "error": f"advisor failed: {first}",
+               "hint": "the other findings stand; rerun, or check the role may CREATE hypothetical indexes (hypopg)"}
     proposals = adv.pop("proposals")
     st = end.settings
     server = {k: st.get(k) for k in ("server_version", "pg_stat_statements_version", "hypopg_version",
