@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
 import redis
@@ -228,3 +230,29 @@ def test_sample_is_bounded_and_throttled(private_redis):
     assert len(df) == 50 and list(df.columns) == col.KEY_COLUMNS
     assert df["memory_bytes"].notna().all() and (df["type"] == "string").all()
     client.close()
+
+
+@pytest.mark.slow
+def test_watch_passes_count_versions_that_are_gone_by_the_end_without_touching_the_hit_ratio(private_redis):
+    r = redis.Redis.from_url(private_redis.url, socket_timeout=10)
+    versions = []
+
+    def wait(seconds):  # the app writes a new version and the previous one expires (deleted here)
+        k = f"api:users::page=1:{17_900_000_000 + len(versions) * 10}"  # one second apart
+        r.set(k, "v")
+        if versions:
+            r.delete(versions[-1])
+        versions.append(k)
+        time.sleep(seconds)  # the window's own pacing (collect's wait), not a wait for a condition
+
+    client = col.connect(private_redis.url)
+    snap = col.collect(client, "t", window_s=0.5, watch_every_s=0.05, wait=wait)
+    assert len(versions) >= 3 and len(snap.keys) == 1  # only the newest is left at the end
+    assert set(versions) == set(snap.seen_keys)  # a pass between every two versions, the sample at the end
+    report = build_report(snap)
+    assert report["redis"]["lookups"] == 0  # SCAN passes are no keyspace hits or misses
+    assert report["names_seen"] >= 3
+    assert report["warm_candidates"][0] == {"key": "api:users::page=1", "versions_seen": len(versions)}
+    assert report["recommendations"]["ttl"]["reuse_interval_s"] == pytest.approx(1.0)
+    client.close()
+    r.close()

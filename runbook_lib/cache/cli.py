@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..actions.targets import redis_endpoint
 from ..redact import register_secret
-from .collect import SAMPLE_SIZE, collect, connect, lab_app_config
+from .collect import SAMPLE_SIZE, WATCH_EVERY_S, collect, connect, lab_app_config
 from .errors import CacheError
 from .recommend import MAX_STALENESS_S, TARGET_HIT_RATIO
 from .report import build_report, render_text
@@ -59,7 +59,8 @@ def run(args) -> int:
             print(f"watching {redis_endpoint(args.redis)} for {args.window:g} s ...", file=sys.stderr, flush=True)
         snap = collect(client, redis_endpoint(args.redis), args.window, args.sample,
                        app_metrics_urls=args.app_metrics, prometheus_url=args.prometheus,
-                       prometheus_selector=args.prometheus_selector, app_config=app_config)
+                       prometheus_selector=args.prometheus_selector, app_config=app_config,
+                       watch_every_s=args.watch or None)
     finally:
         client.close()
     report = build_report(snap, args.target_hit_ratio, args.max_staleness)
@@ -76,6 +77,9 @@ def register(subparsers) -> None:
                    help="seconds between the two INFO snapshots (default: %(default)s)")
     p.add_argument("--sample", type=int, default=SAMPLE_SIZE, metavar="N",
                    help="keys to sample with SCAN (default: %(default)s)")
+    p.add_argument("--watch", type=float, default=WATCH_EVERY_S, metavar="SECONDS",
+                   help="names-only SCAN pass this often during the window, to count key versions; 0: off "
+                        "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.add_argument("--app-metrics", action="append", metavar="URL",
                    help="the app's /metrics URL (repeat per replica): its own hit/miss counters over the window")

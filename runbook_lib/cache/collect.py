@@ -51,6 +51,13 @@ SCAN_COUNT = 100
 SCAN_PAUSE_S = 0.002
 # At most this many SCAN calls per sample: on a huge, sparse keyspace (MATCH filtering) the sampler stops.
 MAX_SCAN_CALLS = 10_000
+# During the window, a names-only SCAN pass every WATCH_EVERY_S: with the seed's 5 s TTL every key is seen
+# at least once, so the versions of each logical key (its requests) are counted over the whole window,
+# not only over the last TTL. SCAN does not count as a keyspace hit or miss (it may expire keys that are
+# already past their TTL, as Redis's own expiry would).
+WATCH_EVERY_S = 2.0
+# Names kept from the watch passes (a bound on memory; 50k names is a few MB).
+MAX_WATCHED_NAMES = 50_000
 # Bounded waits on the network.
 SOCKET_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
@@ -155,6 +162,22 @@ def key_sample(client: redis.Redis, size: int = SAMPLE_SIZE, *, match: str | Non
     return df.astype({"ttl_s": "int64"}) if len(df) else df
 
 
+def scan_names(client: redis.Redis, limit: int, *, match: str | None = None, scan_count: int = SCAN_COUNT,
+               pause_s: float = SCAN_PAUSE_S, max_calls: int = MAX_SCAN_CALLS) -> list[str]:
+    """Up to ``limit`` key names in SCAN order, nothing else asked of the server (throttled like the sample)."""
+    names: list[str] = []
+    cursor, calls = 0, 0
+    while len(names) < limit and calls < max_calls:
+        cursor, batch = _call("SCAN", lambda c=cursor: client.scan(c, match=match, count=scan_count))
+        calls += 1
+        names += [_text(k) for k in batch[: limit - len(names)]]
+        if cursor == 0:
+            break
+        if pause_s:
+            time.sleep(pause_s)
+    return names
+
+
 # --- the app's own cache metrics ------------------------------------------------------------------
 
 
@@ -238,20 +261,34 @@ class CacheSnapshot:
     app: dict | None = None  # app_cache_deltas
     app_config: dict | None = None
     sample_seconds: float = 0.0
+    seen_keys: list[str] = field(default_factory=list)  # every name seen during the window and in the sample
     notes: list[str] = field(default_factory=list)
 
 
 def collect(client: redis.Redis, endpoint: str, window_s: float = 10.0, sample_size: int = SAMPLE_SIZE, *,
             app_metrics_urls: list[str] | None = None, prometheus_url: str | None = None,
-            prometheus_selector: str = "", app_config: dict | None = None,
+            prometheus_selector: str = "", app_config: dict | None = None, watch_every_s: float | None = WATCH_EVERY_S,
             wait: Callable[[float], None] = time.sleep) -> CacheSnapshot:
-    """INFO at the start, wait ``window_s``, INFO at the end, then the key sample (read-only throughout)."""
+    """INFO at the start, the window (names-only SCAN passes every ``watch_every_s``; None: just wait), INFO
+    at the end, then the key sample. Read-only throughout."""
     if window_s < 0:
         raise CacheError(f"window must be >= 0 seconds, got {window_s}")
     app_start = app_counters_from_metrics(app_metrics_urls) if app_metrics_urls else None
     start = info_snapshot(client)
-    if window_s:
-        wait(window_s)
+    seen: dict[str, None] = {}
+    deadline = time.monotonic() + window_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if watch_every_s:
+            if len(seen) < MAX_WATCHED_NAMES:
+                seen.update(dict.fromkeys(scan_names(client, min(sample_size, MAX_WATCHED_NAMES - len(seen)))))
+            left = deadline - time.monotonic()
+            if left > 0:
+                wait(min(watch_every_s, left))
+        else:
+            wait(left)
     end = info_snapshot(client)
     app = None
     if app_metrics_urls:
@@ -261,4 +298,5 @@ def collect(client: redis.Redis, endpoint: str, window_s: float = 10.0, sample_s
                                         prometheus_selector)
     t0 = time.monotonic()
     keys = key_sample(client, sample_size)
-    return CacheSnapshot(endpoint, start, end, keys, app, app_config, round(time.monotonic() - t0, 3))
+    seen.update(dict.fromkeys(keys["key"]) if len(keys) else {})
+    return CacheSnapshot(endpoint, start, end, keys, app, app_config, round(time.monotonic() - t0, 3), list(seen))

@@ -82,23 +82,25 @@ def key_lifetime_s(deltas: dict, dbsize: int | None) -> float | None:
 
 
 def recommend_ttl(keys: pd.DataFrame, current_ttl_s: float | None, target: float = TARGET_HIT_RATIO,
-                  max_staleness_s: float = MAX_STALENESS_S) -> dict[str, Any]:
+                  max_staleness_s: float = MAX_STALENESS_S, names: list[str] | None = None) -> dict[str, Any]:
     """The TTL for ``target`` from the measured re-request intervals (see the module doc).
 
     Every sampled version of a logical key is one request. The first version of each logical key has no
     earlier version in the sample: its interval is only known to be longer than the sample covers
     (censored). The INTERVAL_QUANTILE request's interval is read from observed and censored ones together;
     when it falls among the censored, the interval is longer than anything measurable and the TTL is the
-    staleness bound.
+    staleness bound. ``names``: every key name seen over the window (``CacheSnapshot.seen_keys``); more
+    versions than the end-of-window sample holds when keys live shorter than the window.
     """
     why: list[str] = []
-    iv = reuse_intervals(keys)
+    seen = pd.DataFrame({"key": list(names)}) if names else keys
+    iv = reuse_intervals(seen)
     current = float(current_ttl_s) if current_ttl_s is not None else None
     observed: list[float] = []
     censored = 0
     if len(iv):
-        ts = pd.DataFrame({"logical": [logical_key(k) for k in keys["key"]],
-                           "t": [key_timestamp_s(k) for k in keys["key"]]}).dropna()
+        ts = pd.DataFrame({"logical": [logical_key(k) for k in seen["key"]],
+                           "t": [key_timestamp_s(k) for k in seen["key"]]}).dropna()
         for _, g in ts.groupby("logical"):
             d = g["t"].sort_values().diff().dropna()
             observed += [float(x) for x in d[d > 0]]
@@ -109,7 +111,7 @@ def recommend_ttl(keys: pd.DataFrame, current_ttl_s: float | None, target: float
         longest = float(keys.loc[keys["ttl_s"] >= 0, "ttl_s"].max()) if (keys["ttl_s"] >= 0).any() else None
         total = len(observed) + censored
         pos = int(INTERVAL_QUANTILE * total)
-        span = f"{longest:.0f} s" if longest is not None else "the sample"
+        span = f"{longest:.0f} s" if longest is not None and not names else "the window"
         why.append(f"{len(observed)} re-requests with a measured interval (versions of {censored} logical keys "
                    f"with a timestamp); the first request of each has an interval longer than {span} (unseen)")
         if pos < len(observed):
@@ -207,10 +209,11 @@ def recommend_key_scheme(keys: pd.DataFrame | None, current: str | None) -> dict
 
 
 def recommend(info: dict, deltas: dict, keys: pd.DataFrame, app_config: dict | None = None,
-              target: float = TARGET_HIT_RATIO, max_staleness_s: float = MAX_STALENESS_S) -> dict[str, Any]:
+              target: float = TARGET_HIT_RATIO, max_staleness_s: float = MAX_STALENESS_S,
+              names: list[str] | None = None) -> dict[str, Any]:
     """TTL, memory, policy and key scheme, plus the action inputs that would apply them."""
     cfg = app_config or {}
-    ttl = recommend_ttl(keys, cfg.get("cache_ttl_s"), target, max_staleness_s)
+    ttl = recommend_ttl(keys, cfg.get("cache_ttl_s"), target, max_staleness_s, names)
     memory = recommend_memory(info, deltas, keys, ttl["recommended_s"])
     policy = recommend_policy(info, keys)
     scheme = recommend_key_scheme(keys, cfg.get("cache_key_scheme"))

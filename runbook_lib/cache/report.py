@@ -15,9 +15,12 @@ import pandas as pd
 from ..diagnose import cache as dx
 from .collect import CacheSnapshot
 from .recommend import MAX_STALENESS_S, TARGET_HIT_RATIO, recommend
+from .warm import rank_keys
 
 # The report lists this many patterns and expiry clusters; the JSON has them all.
 TOP_PATTERNS = 8
+# The JSON lists this many warm candidates (logical keys by versions seen over the window).
+WARM_CANDIDATES = 50
 
 
 def hypothesis_snapshots(snap: CacheSnapshot) -> dict[str, Any]:
@@ -84,7 +87,9 @@ def build_report(snap: CacheSnapshot, target: float = TARGET_HIT_RATIO,
     ttl = dx.ttl_summary(keys) if len(keys) else None
     clusters = dx.expiry_clusters(keys)
     unordered = dx.unordered_params(keys["key"]) if len(keys) else dx.unordered_params([])
-    rec = recommend(snap.info_end, deltas, keys, snap.app_config, target, max_staleness_s)
+    rec = recommend(snap.info_end, deltas, keys, snap.app_config, target, max_staleness_s, snap.seen_keys or None)
+    seen = pd.DataFrame({"key": snap.seen_keys}) if snap.seen_keys else keys
+    popular = [{"key": i.key, "versions_seen": int(i.score)} for i in rank_keys(seen, WARM_CANDIDATES)]
     ws = rec["memory"]["working_set_bytes"] or None
     ttl_hist = (keys.loc[keys["ttl_s"] >= 0, "ttl_s"].describe(percentiles=[0.1, 0.5, 0.9]).to_dict()
                 if ttl and ttl["with_ttl"] else {})
@@ -102,6 +107,8 @@ def build_report(snap: CacheSnapshot, target: float = TARGET_HIT_RATIO,
         "key_design": design.to_dict("records"),
         "unordered_params": unordered.to_dict("records"),
         "expiry": clusters,
+        "warm_candidates": popular,
+        "names_seen": len(snap.seen_keys),
         "recommendations": rec,
     }
     report["findings"] = findings(deltas, snap, ttl, design, clusters, unordered, ws, target)
@@ -142,7 +149,8 @@ def render_text(r: dict[str, Any]) -> str:
             for route, v in a["by_route"].items()))
     lines.append(f"  memory {_mib(d['used_memory'])} of maxmemory "
                  f"{'no limit' if not d['maxmemory'] else _mib(d['maxmemory'])}, policy {d['maxmemory_policy']}, "
-                 f"{d['dbsize']} keys; sampled {r['sample']['keys']} in {r['sample']['seconds']:.2f} s")
+                 f"{d['dbsize']} keys; sampled {r['sample']['keys']} in {r['sample']['seconds']:.2f} s, "
+                 f"{r['names_seen']} names seen over the window")
     lines.append("")
     lines.append("findings")
     for f in r["findings"]:
