@@ -108,5 +108,6 @@ def histogram(values: pd.Series, title: str, xaxis: str, bins: int = 20) -> go.F
 
 
 def events_table(events: list[Event]) -> pd.DataFrame:
-    return pd.DataFrame([{"#": i + 1, "time (UTC)": e.time.strftime("%Y-%m-%d %H:%M:%S"), "kind": e.kind,
-                          "event": e.label} for i, e in enumerate(events)]).set_index("#")
+    rows = [{"#": i + 1, "time (UTC)": e.time.strftime("%Y-%m-%d %H:%M:%S"), "kind": e.kind, "event": e.label}
+            for i, e in enumerate(events)]
+    return pd.DataFrame(rows, columns=["#", "time (UTC)", "kind", "event"]).set_index("#")

@@ -151,3 +151,9 @@ def test_validation_waits_for_data_after_the_change(bundle):
                                                      Slo())
     assert windows[2][0] == pd.Timestamp("2026-11-03T11:01:00Z") and verdict["validated"] and not verdict["fixed"]
     assert payload["window"]["recovery"] is not None
+
+
+def test_events_table_with_no_events():
+    from runbook_lib.charts import events_table
+
+    assert list(events_table([]).columns) == ["time (UTC)", "kind", "event"]
