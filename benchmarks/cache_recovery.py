@@ -6,11 +6,12 @@ One full-size lab (own state folder, free ports) in the degraded profile (5 s TT
 time, maxmemory 2 MB). Only the cache is remediated; the database stays degraded (no indexes, N+1, small
 pool), so latency is not the point here, the hit ratio is.
 
-1. before: warm-up load, then a measured window: Redis INFO deltas (``collect.info_snapshot``), the app's
-   own hit ratio (Prometheus ``increase()`` of cache_hits/cache_misses over the window), client p95;
-2. diagnosis: key sample + ``report.build_report`` -> recommended TTL, maxmemory, policy and key scheme;
+1. before: warm-up load, then a measured window watched by ``collect.collect`` (Redis INFO deltas, names
+   seen by SCAN passes, key sample), the app's own hit ratio (Prometheus ``increase()`` of
+   cache_hits/cache_misses over the window), client p95;
+2. diagnosis: ``report.build_report`` -> recommended TTL, maxmemory, policy and key scheme;
 3. remediation through the executors: ``redis.config_set`` (recommended maxmemory/policy) and ``cache.warm``
-   (the diagnosis' top keys) through ``actions.execute``; ``app.config`` (key scheme, then TTL) through the
+   (the top logical keys by versions seen over the window) through ``actions.execute``; ``app.config`` (key scheme, then TTL) through the
    action's own capture/apply/verify (Targets does not know the ``app`` family yet);
 4. after: the same warm-up and measured window (another seed);
 5. rollback of everything, checked to restore the exact prior values (CONFIG GET, config.json).
@@ -27,9 +28,12 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,26 +61,30 @@ APP_HIT_RATIO = ('sum(increase(cache_hits_total{{job="lab"}}[{w}])) / (sum(incre
 
 
 def measure(info: dict, spec: LoadSpec) -> dict:
-    """One measured window: Redis INFO deltas around the load, the app's ratio from Prometheus, client p95."""
+    """One measured window: the load runs in a thread while ``collect`` watches Redis over the same window
+    (INFO deltas, names-only SCAN passes, the key sample at the end); the app's ratio from Prometheus."""
     client = col.connect(info["redis_url"])
-    start = col.info_snapshot(client)
+    result: dict = {}
+    loader = threading.Thread(target=lambda: result.update(run_load_sync(info["backend_url"], spec).summary()))
     t0 = time.time()
-    load = run_load_sync(info["backend_url"], spec).summary()
+    loader.start()
+    snap = col.collect(client, f"lab redis {info['redis_url']}", spec.duration_s, 5000,
+                       app_config=read_config(Path(info["state"]) / CONFIG_FILE).as_dict())
+    loader.join(timeout=spec.duration_s + 60)
+    load = result
     t1 = time.time()
-    end = col.info_snapshot(client)
     prom = info["prometheus_url"]
     wait_until(lambda: (stack.prom_value(prom, 'max(timestamp(up{job="lab",role="node"}))') or 0) > t1 + 0.5,
                SCRAPE_WAIT_S, "a scrape after the load")
     app = stack.prom_value(prom, APP_HIT_RATIO.format(w=f"{math.ceil(t1 - t0)}s"), at=t1 + 0.5)
-    snap = col.CacheSnapshot(f"lab redis {info['redis_url']}", start, end, col.key_sample(client, 5000),
-                             app_config=read_config(Path(info["state"]) / CONFIG_FILE).as_dict())
     client.close()
     d = build_report(snap)
     r = d["redis"]
     return {"window_s": round(t1 - t0, 1), "redis_hit_ratio": r["hit_ratio"], "app_hit_ratio": app,
             "hits": r["hits"], "misses": r["misses"], "evicted_per_s": r["evicted_per_s"],
             "expired_per_s": r["expired_per_s"], "used_memory": r["used_memory"], "maxmemory": r["maxmemory"],
-            "client": {k: load[k] for k in ("completed", "p50_ms", "p95_ms", "error_ratio_5xx", "rps")},
+            "names_seen": len(snap.seen_keys), "keys_sampled": len(snap.keys),
+            "client": {k: load.get(k) for k in ("completed", "p50_ms", "p95_ms", "error_ratio_5xx", "rps")},
             "report": d, "snapshot": snap}
 
 
@@ -128,8 +136,9 @@ def main() -> int:
         t = time.perf_counter()
         redis_change = next((a["inputs"] for a in rec["actions"] if a["kind"] == "redis.config_set"), None)
         actions = [RedisConfigSet(config=redis_change)] if redis_change else []
-        sample = snap.keys[snap.keys["key"].map(lambda k: lab_path(logical_key(k)) is not None)]
-        ranked = [i.key for i in rank_keys(sample, args.top_n)]
+        seen = pd.DataFrame({"key": snap.seen_keys})  # every name seen over the window: requests by key
+        ranked = [i.key for i in rank_keys(seen[seen["key"].map(lambda k: lab_path(logical_key(k)) is not None)],
+                                           args.top_n)]
         warm = CacheWarm(top_n=args.top_n, keys=ranked, concurrency=4, ttl_s=rec["ttl"]["recommended_s"],
                          source_url=info["backend_url"])
         actions.append(warm)

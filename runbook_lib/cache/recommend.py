@@ -7,9 +7,9 @@ TTL. A key re-requested every ``i`` seconds and kept ``T`` seconds is missed onc
 ``T/i - 1`` times, so its hit ratio is ``1 - i/T``. To reach the target hit ratio ``H`` the TTL must be
 ``T >= i / (1 - H)``. ``i`` is measured from the sample: single-use keys of the same logical key carry
 the time they were written (each write follows a miss), so consecutive versions give the re-request
-intervals; the median request's interval is used (intervals longer than the keys live are unseen and
-counted as such). The result is capped by how stale a response may be (``max_staleness_s``, a product
-decision).
+intervals; and replaying the seen requests against a TTL cache gives the hit ratio each round TTL
+would have had: the shortest reaching the target is recommended, capped by how stale a response may be
+(``max_staleness_s``, a product decision).
 
 Memory. Under the new TTL the cache holds about (distinct keys requested per second) x TTL entries.
 Distinct keys per second is at most the miss rate (every miss writes a key) times the share of distinct
@@ -81,65 +81,89 @@ def key_lifetime_s(deltas: dict, dbsize: int | None) -> float | None:
     return dbsize / leaving
 
 
+def replay_hit_ratio(requests: pd.DataFrame, ttl_s: float) -> float:
+    """The hit ratio a cache-aside cache with a fixed TTL would have had on these requests.
+
+    ``requests``: columns logical, t (seconds), one row per request. A request hits when its logical key
+    was written (on an earlier miss) less than ``ttl_s`` before; the first request of every key misses.
+    """
+    hits = 0
+    expires: dict[str, float] = {}
+    for lk, t in requests.sort_values("t")[["logical", "t"]].itertuples(index=False):
+        if expires.get(lk, float("-inf")) > t:
+            hits += 1
+        else:
+            expires[lk] = t + ttl_s
+    return hits / len(requests) if len(requests) else float("nan")
+
+
 def recommend_ttl(keys: pd.DataFrame, current_ttl_s: float | None, target: float = TARGET_HIT_RATIO,
                   max_staleness_s: float = MAX_STALENESS_S, names: list[str] | None = None) -> dict[str, Any]:
-    """The TTL for ``target`` from the measured re-request intervals (see the module doc).
+    """The shortest round TTL that reaches ``target`` on the requests seen, capped by the staleness bound.
 
-    Every sampled version of a logical key is one request. The first version of each logical key has no
-    earlier version in the sample: its interval is only known to be longer than the sample covers
-    (censored). The INTERVAL_QUANTILE request's interval is read from observed and censored ones together;
-    when it falls among the censored, the interval is longer than anything measurable and the TTL is the
-    staleness bound. ``names``: every key name seen over the window (``CacheSnapshot.seen_keys``); more
-    versions than the end-of-window sample holds when keys live shorter than the window.
+    Every sampled version of a logical key (``names``: every name seen over the window, else the sample)
+    is one request at the time its key carries. Two measurements:
+
+    * the median re-request interval ``i`` (the first request of each key has an unseen, longer interval;
+      when the median request is among those, ``i`` is not measurable) and the TTL ``i / (1 - target)``
+      that gives a key re-requested every ``i`` seconds the target hit ratio;
+    * a replay of the requests against a TTL cache for each round TTL up to the staleness bound: the
+      smallest TTL whose replayed hit ratio reaches the target is recommended. The first request of each
+      key always misses in a replay, so a short window under-states what a TTL reaches: when no TTL
+      reaches the target, the staleness bound is recommended.
     """
     why: list[str] = []
     seen = pd.DataFrame({"key": list(names)}) if names else keys
-    iv = reuse_intervals(seen)
     current = float(current_ttl_s) if current_ttl_s is not None else None
-    observed: list[float] = []
-    censored = 0
-    if len(iv):
-        ts = pd.DataFrame({"logical": [logical_key(k) for k in seen["key"]],
-                           "t": [key_timestamp_s(k) for k in seen["key"]]}).dropna()
-        for _, g in ts.groupby("logical"):
-            d = g["t"].sort_values().diff().dropna()
-            observed += [float(x) for x in d[d > 0]]
-        censored = int(ts["logical"].nunique())  # each logical key's first request: interval unseen
+    req = pd.DataFrame({"logical": [logical_key(k) for k in seen["key"]],
+                        "t": [key_timestamp_s(k) for k in seen["key"]]}).dropna() if seen is not None and len(seen) \
+        else pd.DataFrame(columns=["logical", "t"])
     interval: float | None = None
-    if observed:
-        observed.sort()
-        longest = float(keys.loc[keys["ttl_s"] >= 0, "ttl_s"].max()) if (keys["ttl_s"] >= 0).any() else None
-        total = len(observed) + censored
+    needed = float(max_staleness_s)
+    replay: dict[str, float] = {}
+    if len(req) and req["logical"].duplicated().any():
+        observed = sorted(float(x) for _, g in req.groupby("logical")
+                          for x in g["t"].sort_values().diff().dropna() if x > 0)
+        distinct = int(req["logical"].nunique())
+        total = len(req)
+        why.append(f"{total} requests (timestamped key versions) for {distinct} logical keys; {len(observed)} have "
+                   f"a measured re-request interval, the first request of each key does not (unseen, longer)")
         pos = int(INTERVAL_QUANTILE * total)
-        span = f"{longest:.0f} s" if longest is not None and not names else "the window"
-        why.append(f"{len(observed)} re-requests with a measured interval (versions of {censored} logical keys "
-                   f"with a timestamp); the first request of each has an interval longer than {span} (unseen)")
         if pos < len(observed):
             interval = observed[pos]
-            needed = interval / (1 - target)
-            why.append(f"the median re-request comes {interval:.2f} s after the previous one; a key re-requested "
-                       f"every {interval:.2f} s needs TTL >= {interval:.2f} / (1 - {target:.2f}) = {needed:.1f} s "
-                       f"to reach a {target:.0%} hit ratio")
+            why.append(f"median re-request interval {interval:.2f} s: a key re-requested that often needs TTL >= "
+                       f"{interval:.2f} / (1 - {target:.2f}) = {interval / (1 - target):.1f} s for a {target:.0%} "
+                       "hit ratio")
         else:
-            needed = max_staleness_s
-            why.append(f"over half of the requests come longer than {span} after the previous one (not "
-                       f"measurable here), so the TTL needed for {target:.0%} is longer than any measured interval: "
-                       "the staleness bound")
+            why.append("over half of the requests have no measured interval: the median re-request interval is "
+                       "not measurable here (longer than the window)")
+        candidates = [t for t in NICE_TTLS_S if t <= max_staleness_s] or [max_staleness_s]
+        if candidates[-1] != max_staleness_s:
+            candidates.append(max_staleness_s)
+        replay = {f"{t:g}": round(replay_hit_ratio(req, t), 4) for t in candidates}
+        why.append("replaying these requests against a TTL cache: "
+                   + ", ".join(f"{t} s -> {v:.0%}" for t, v in replay.items())
+                   + f" (at most {1 - distinct / total:.0%} in this window: first requests always miss)")
+        reach = next((float(t) for t, v in replay.items() if v >= target), None)
+        if reach is not None:
+            needed = reach
+            why.append(f"{reach:g} s is the shortest round TTL reaching {target:.0%}")
+        else:
+            why.append(f"no TTL up to the staleness bound reaches {target:.0%} in this window: the bound")
     else:
-        needed = max_staleness_s
-        why.append("no logical key appears twice in the sample (no timestamped versions): the re-request "
-                   "interval is not measurable from keys, so the TTL is the staleness bound")
-    ttl = _nice_ttl(needed)
+        why.append("no logical key appears twice with a timestamp: re-requests are not measurable from keys, so "
+                   "the TTL is the staleness bound")
+    ttl = _nice_ttl(needed) if needed < max_staleness_s else float(max_staleness_s)
     if ttl > max_staleness_s:
-        why.append(f"capped at the staleness bound of {max_staleness_s:.0f} s (how old a cached response may be)")
         ttl = float(max_staleness_s)
     if current is not None and ttl < current:
-        why.append(f"the current TTL ({current:.0f} s) is already longer: kept")
+        why.append(f"the current TTL ({current:g} s) is already longer: kept")
         ttl = current
     else:
-        why.append(f"rounded up to {ttl:.0f} s" + (f" (current: {current:.0f} s)" if current is not None else ""))
+        why.append(f"recommended {ttl:g} s (staleness bound {max_staleness_s:g} s"
+                   + (f", current {current:g} s)" if current is not None else ")"))
     return {"recommended_s": ttl, "current_s": current, "reuse_interval_s": interval, "needed_s": needed,
-            "target_hit_ratio": target, "reasoning": why}
+            "replay_hit_ratio": replay, "target_hit_ratio": target, "reasoning": why}
 
 
 def recommend_memory(info: dict, deltas: dict, keys: pd.DataFrame, ttl_s: float) -> dict[str, Any]:
