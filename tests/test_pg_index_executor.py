@@ -117,6 +117,10 @@ def test_builds_under_read_write_load_without_blocking_it(dsn, run_dir):
     assert load.errors == []
     assert (o.status, o.verified) == ("applied", True)
     assert "EXPLAIN of 1 statement(s) uses it" in audit_lines(run_dir)[-1]["message"]
+    # every statement sent, in order: lock_timeout, the guard (statement_timeout + advisory lock), the DDL, resets
+    applied = next(r for r in audit_lines(run_dir) if r["step"] == "applied")
+    plan, guard = action.plan().commands, action.guard_commands()
+    assert applied["commands"] == [plan[0], guard[0], plan[1], plan[2], guard[1]]
     assert ops_during > 0  # the load kept running while the index was built
     assert max(load.latencies) < lock_timeout_ms / 1000
     assert [(n, v) for n, _, v in pg_indexes(dsn) if n.startswith("ix_")] == [("ix_orders_user_id_created_at", True)]

@@ -5,10 +5,12 @@ very objects ``apply()`` executes. The table and columns are checked to exist be
 
 Safety under production load, on the runbook's autocommit connection:
 
-* a session guard first: ``lock_timeout`` bounds every lock wait (the table's SHARE UPDATE EXCLUSIVE
-  lock, and the waits for older transactions inside a concurrent build), ``statement_timeout`` bounds
-  the build, and a session advisory lock (ADVISORY_LOCK_KEY) makes two runbook runs never build or drop
-  at once in one database (the second waits at most lock_timeout for the first, then fails);
+* ``lock_timeout`` bounds every lock wait (the table's SHARE UPDATE EXCLUSIVE lock, and the waits for
+  older transactions inside a concurrent build); right after it a session guard (``guard_commands()``):
+  ``statement_timeout`` bounds the build, and a session advisory lock (ADVISORY_LOCK_KEY) makes two
+  runbook runs never build or drop at once in one database (the second waits at most lock_timeout for
+  the first, then fails). plan() shows the DDL with its lock_timeout; the audit's applied / rolled_back
+  lines record every statement actually sent, guard and leftover drops included;
 * a build that was cancelled, timed out or deadlocked midway leaves an INVALID index behind: under the
   advisory lock, such a leftover of this very index is dropped (``DROP INDEX CONCURRENTLY``) and the
   build retried, at most ``retries`` times with exponential backoff; a final failure drops its own
@@ -165,10 +167,13 @@ class CreateIndex(Action):
 
     # --- statements (the same objects are shown and executed) ---------------------------------
 
-    def _session_setup(self) -> sql.Composed:
-        return sql.SQL("SET lock_timeout = {}; SET statement_timeout = {}; SELECT pg_advisory_lock({})").format(
-            sql.Literal(f"{self.inputs.lock_timeout_ms}ms"), sql.Literal(f"{self.inputs.statement_timeout_ms}ms"),
-            sql.Literal(ADVISORY_LOCK_KEY))
+    def _lock_timeout(self) -> sql.Composed:
+        return sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{self.inputs.lock_timeout_ms}ms"))
+
+    def _guard(self) -> sql.Composed:
+        """Sent right after ``SET lock_timeout``: bound the build, and one build per database at a time."""
+        return sql.SQL("SET statement_timeout = {}; SELECT pg_advisory_lock({})").format(
+            sql.Literal(f"{self.inputs.statement_timeout_ms}ms"), sql.SQL(str(ADVISORY_LOCK_KEY)))
 
     def _create(self) -> sql.Composed:
         return sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
@@ -181,14 +186,21 @@ class CreateIndex(Action):
         return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
             sql.Identifier(self.inputs.schema_name, self.index_name))
 
-    _RESET = sql.SQL("RESET lock_timeout; RESET statement_timeout; SELECT pg_advisory_unlock({})").format(
-        sql.Literal(ADVISORY_LOCK_KEY))
+    _RESET = sql.SQL("RESET lock_timeout")
+    _UNGUARD = sql.SQL("RESET statement_timeout; SELECT pg_advisory_unlock({})").format(
+        sql.SQL(str(ADVISORY_LOCK_KEY)))  # a constant integer
 
     def _apply_statements(self) -> list[sql.Composable]:
-        return [self._session_setup(), self._create(), self._RESET]
+        return [self._lock_timeout(), self._create(), self._RESET]
 
     def _rollback_statements(self) -> list[sql.Composable]:
-        return [self._session_setup(), self._drop(), self._RESET]
+        return [self._lock_timeout(), self._drop(), self._RESET]
+
+    def guard_commands(self) -> list[str]:
+        """The session guard sent around the plan's statements (after its first, and with its last), as the
+        audit's ``applied`` / ``rolled_back`` lines record them. plan() keeps to the DDL and its lock_timeout
+        (the layout the golden notebooks show)."""
+        return self._render([self._guard(), self._UNGUARD])
 
     @staticmethod
     def _render(stmts: list[sql.Composable]) -> list[str]:
@@ -257,11 +269,13 @@ class CreateIndex(Action):
         conn.execute(stmt)
 
     def _guarded(self, conn: psycopg.Connection, body: Callable[[list[str]], None]) -> list[str]:
-        """Run ``body`` between the session guard and its reset (also after a failure); the statements sent."""
+        """``SET lock_timeout``, the session guard, ``body``, then both reset (also after a failure).
+        Returns every statement sent, in order."""
         sent: list[str] = []
         try:
+            self._run(conn, self._lock_timeout(), sent)
             try:
-                self._run(conn, self._session_setup(), sent)
+                self._run(conn, self._guard(), sent)
             except psycopg.errors.LockNotAvailable:
                 raise ActionFailed(
                     f"another runbook run holds the index-build advisory lock ({ADVISORY_LOCK_KEY}) in this "
@@ -270,8 +284,9 @@ class CreateIndex(Action):
                 ) from None
             body(sent)
         finally:
-            with suppress(psycopg.Error):
-                self._run(conn, self._RESET, sent)  # also after a failure
+            for stmt in (self._RESET, self._UNGUARD):
+                with suppress(psycopg.Error):
+                    self._run(conn, stmt, sent)  # also after a failure
         return sent
 
     @staticmethod
