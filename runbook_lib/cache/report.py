@@ -25,10 +25,15 @@ WARM_CANDIDATES = 50
 
 def hypothesis_snapshots(snap: CacheSnapshot) -> dict[str, Any]:
     """The cache fields of ``diagnose.hypotheses.Snapshots`` from a live snapshot:
-    ``Snapshots(**hypothesis_snapshots(snap), ...)``. Same shapes as the fixture bundle's."""
+    ``Snapshots(**hypothesis_snapshots(snap), ...)``.
+
+    ``key_patterns`` is ``key_design`` (the columns of ``key_patterns`` and more): its ``volatile`` column
+    also recognises the lab's deciseconds timestamps, session ids and unordered parameters, which
+    ``key_pattern`` (kept unchanged for the recorded bundle) does not; the cache hypothesis reads only
+    ``volatile`` and ``keys``."""
     return {"redis": dx.window_deltas(snap.info_start, snap.info_end),
             "ttl": dx.ttl_summary(snap.keys) if len(snap.keys) else None,
-            "key_patterns": dx.key_patterns(snap.keys) if len(snap.keys) else None,
+            "key_patterns": dx.key_design(snap.keys) if len(snap.keys) else None,
             "app_config": snap.app_config}
 
 
