@@ -142,3 +142,18 @@ def test_redis_stopping_mid_warm_is_a_clear_error_and_the_audit_log_stays_consis
     s = action.summary
     assert s["error"] and s["warmed"] + s["failed"] + s["not_attempted"] + sum(s["skipped"].values()) <= 30
     assert s["warmed"] < 30 and s["not_attempted"] > 0
+
+
+def test_warmed_keys_get_ttl_jitter_so_they_do_not_expire_together(private_redis):
+    from runbook_lib.cache.collect import key_sample
+    from runbook_lib.diagnose.cache import expiry_clusters
+
+    r = redis.Redis.from_url(private_redis.url, socket_timeout=10)
+    s = w.warm(r, [f"k{i}" for i in range(200)], lambda k: b"v", ttl_s=1000, concurrency=8, progress=False)
+    assert len(s.warmed) == 200
+    keys = key_sample(r, 1000)
+    assert keys["ttl_s"].between(900 - 2, 1000).all() and keys["ttl_s"].nunique() > 20
+    assert not expiry_clusters(keys)["clustered"]
+    no_jitter = w.warm(r, [f"j{i}" for i in range(200)], lambda k: b"v", ttl_s=2000, progress=False, jitter=0)
+    assert len(no_jitter.warmed) == 200 and expiry_clusters(key_sample(r, 1000))["clustered"]
+    r.close()

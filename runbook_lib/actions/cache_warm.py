@@ -82,7 +82,7 @@ class CacheWarm(Action):
                     commands=[rank,
                               (f"per key, {i.concurrency} at a time: skip if EXISTS; SET warm:lock:<key> <token> NX "
                                f"PX {i.lock_ttl_ms}; GET {self._source_desc()}<path of key>; SET <key> <body> EX "
-                               f"{ttl} NX; release the lock (compare-and-delete)")],
+                               f"{ttl} (minus up to 10% jitter) NX; release the lock (compare-and-delete)")],
                     captures=["nothing: warming only adds entries that expire with their TTL"],
                     rollback_commands=[], reversible=self.reversible, risk=self.risk)
 

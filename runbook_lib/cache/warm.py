@@ -12,7 +12,8 @@ Warming (``warm``): at most ``concurrency`` keys at a time. Per key:
    replica; a key whose lock is held is skipped (someone else is filling it). The lock expires on its own
    if a warmer dies;
 3. the value comes from ``loader(key)`` (the lab: GET the backend URL the key caches), then
-   ``SET <key> <value> EX <ttl> NX`` (the app may have filled it meanwhile; NX keeps its value);
+   ``SET <key> <value> EX <ttl minus up to 10% jitter> NX`` (the app may have filled it meanwhile; NX
+   keeps its value; the jitter keeps keys warmed together from expiring together);
 4. the lock is released only by its owner (compare-and-delete in one Lua script).
 
 A loader failure fails that key and warming goes on; Redis failing (connection lost) stops everything at
@@ -21,6 +22,7 @@ once with ``CacheWarmError`` carrying the summary so far. Progress is a tqdm bar
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -50,6 +52,10 @@ HTTP_TIMEOUT_S = 10.0
 # Compare-and-delete: release a lock only when it still holds our token (Redis docs, SET: "a simple
 # locking pattern"; the unlock script).
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# TTL jitter: each warmed key lives between (1 - TTL_JITTER) x TTL and TTL, so keys warmed together do not
+# all expire in the same second and send their misses to the database at once (the expiry clustering
+# the diagnosis flags); never longer than the TTL, which is the staleness bound.
+TTL_JITTER = 0.1
 # Redis failures that mean the server is gone, not that one key is odd: warming stops.
 FATAL = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError)
 
@@ -112,7 +118,7 @@ class _Abort(Exception):
 
 def warm(client: redis.Redis, items: Iterable[WarmItem | str], loader: Callable[[str], Any], ttl_s: float,
          concurrency: int = CONCURRENCY, lock_ttl_ms: int = LOCK_TTL_MS, progress: bool = True,
-         endpoint: str = "redis") -> WarmSummary:
+         endpoint: str = "redis", jitter: float = TTL_JITTER) -> WarmSummary:
     """Fill the given keys (see the module doc). Raises CacheWarmError when Redis fails."""
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise CacheWarmError(f"concurrency must be in 1..{MAX_CONCURRENCY}, got {concurrency}")
@@ -159,7 +165,7 @@ def warm(client: redis.Redis, items: Iterable[WarmItem | str], loader: Callable[
                 return key, "failed", redact_text(f"{type(e).__name__}: {e}")
             if value is None:
                 return key, "no value", None
-            client.set(key, value, ex=max(1, round(ttl_s)), nx=True)
+            client.set(key, value, ex=max(1, round(ttl_s * (1 - random.uniform(0, jitter)))), nx=True)
             return key, "warmed", None
         finally:
             unlock(keys=[lock_key], args=[token])

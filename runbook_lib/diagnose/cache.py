@@ -86,7 +86,8 @@ _HEX_TOKEN = re.compile(r"(?i)(?<![0-9a-z])[0-9a-f]{24,}(?![0-9a-z])")
 _GONE = "\x00"  # marks a removed volatile part while a key is normalized
 _QUERY = re.compile(r"(?:(?<=\?)|(?<=:)|^)((?:[^:?&=]+=[^:&]*)(?:&[^:?&=]+=[^:&]*)+)")
 # Expiry clustering: a second is a cluster when at least CLUSTER_MIN_KEYS sampled keys expire in it and
-# CLUSTER_FACTOR times the median of the non-empty seconds within CLUSTER_WINDOW_S around it. Keys
+# CLUSTER_FACTOR times the median of the non-empty seconds within CLUSTER_WINDOW_S around it (the two
+# adjacent seconds left out: a burst written across a second boundary falls into both). Keys
 # written at a steady rate with one TTL expire evenly (no cluster); keys written in bulk with the same
 # TTL (a warm-up, a batch job) expire together and their misses arrive together at the database.
 # Redis docs (EXPIRE) and the usual remedy: add random jitter to the TTL.
@@ -264,7 +265,8 @@ def expiry_clusters(keys: pd.DataFrame) -> dict:
     for s_, c in counts.items():
         if c < CLUSTER_MIN_KEYS:
             break  # value_counts is sorted, the rest are smaller
-        near = [by_sec[t] for t in range(s_ - CLUSTER_WINDOW_S, s_ + CLUSTER_WINDOW_S + 1) if t != s_ and t in by_sec]
+        near = [by_sec[t] for t in range(s_ - CLUSTER_WINDOW_S, s_ + CLUSTER_WINDOW_S + 1)
+                if abs(t - s_) > 1 and t in by_sec]  # a burst may straddle a second boundary: skip s +- 1
         base = float(pd.Series(near).median()) if near else 0.0
         if c >= CLUSTER_FACTOR * max(base, 1.0):
             clusters.append({"second": int(s_), "keys": int(c), "share": c / n, "neighbours_median": base})
