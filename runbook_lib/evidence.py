@@ -1,18 +1,32 @@
 """Gather the snapshot evidence for root cause (the I/O side of ``diagnose``).
 
-Fixture mode reads the bundle's snapshots. In lab and live mode the snapshots come from the
-PostgreSQL and Redis named in the parameters (collectors arrive with the database and cache
-issues); until then this says plainly which evidence is missing instead of inventing it.
+Fixture mode reads the bundle's snapshots. Lab and live mode take two snapshots of the PostgreSQL and
+Redis named in the parameters ``LIVE_WINDOW_S`` apart (both windows at once) and reduce them to the
+same shapes, so the same pure functions judge recorded and live data. Evidence that cannot be read
+(no section in the parameters, server unreachable, extension missing) is listed in ``missing`` with
+the reason; nothing is invented.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
 from .diagnose import cache as cache_dx
 from .diagnose import db as db_dx
+from .diagnose import index_candidates as ix_dx
 from .diagnose.hypotheses import Snapshots
+from .errors import RunbookError
+from .redact import redact_text
+from .settings import Settings
 from .sources.fixture import FixtureSource
+
+# Live snapshot window: 30 s holds two to six Prometheus scrapes and, at the lab's 18 req/s, ~500
+# requests: enough for calls-per-request and hit-ratio deltas, short enough to wait for at 3 a.m.
+LIVE_WINDOW_S = 30.0
+# The request rate used for calls per request: the mean of the last minutes of the request_rate signal.
+RATE_TRAILING = pd.Timedelta(minutes=2)
 
 
 def _requests(signals: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> float:
@@ -36,6 +50,7 @@ def from_bundle(source: FixtureSource, signals: pd.DataFrame) -> tuple[Snapshots
         redis=cache_dx.info_deltas(b.snapshot("redis_info.start"), b.snapshot("redis_info.end")),
         ttl=cache_dx.ttl_summary(b.snapshot("redis_keys")),
         key_patterns=cache_dx.key_patterns(b.snapshot("redis_keys")),
+        keys=b.snapshot("redis_keys"),
         app_config=b.snapshot("app_config") if b.has_snapshot("app_config") else None,
     )
     meta = {"window": {"start": start.isoformat(), "end": end.isoformat()}, "requests": requests,
@@ -43,10 +58,85 @@ def from_bundle(source: FixtureSource, signals: pd.DataFrame) -> tuple[Snapshots
     return snap, meta
 
 
-def gather(source, signals: pd.DataFrame) -> tuple[Snapshots, dict]:
+def recent_request_rate(signals: pd.DataFrame) -> float | None:
+    if "request_rate" not in signals.columns:
+        return None
+    rate = signals["request_rate"].dropna()
+    rate = rate.loc[rate.index >= rate.index.max() - RATE_TRAILING] if len(rate) else rate
+    return float(rate.mean()) if len(rate) else None
+
+
+def _postgres(settings: Settings, rate: float | None, window_s: float):
+    from .pg import live as pg_live
+
+    return pg_live.snapshots(settings.postgres, window_s=window_s, request_rate=rate)
+
+
+def _redis(settings: Settings, window_s: float):
+    from .cache import collect, report
+
+    client = collect.connect_settings(settings.redis)
+    try:
+        snap = collect.collect(client, redact_text(settings.redis.url), window_s=window_s,
+                               app_config=_app_config(settings))
+    finally:
+        client.close()
+    return {**report.hypothesis_snapshots(snap), "keys": snap.keys}
+
+
+def _app_config(settings: Settings) -> dict | None:
+    """The application's cache/pool settings: the lab's config file in lab mode (none known live)."""
+    if settings.mode != "lab":
+        return None
+    from .cache import collect
+
+    try:
+        return collect.lab_app_config()
+    except RunbookError:
+        return None
+
+
+def gather(settings: Settings, source, signals: pd.DataFrame,
+           window_s: float = LIVE_WINDOW_S) -> tuple[Snapshots, dict]:
     """Snapshots for the root-cause step, and a note of where they came from and what is missing."""
     if isinstance(source, FixtureSource):
         return from_bundle(source, signals)
-    return Snapshots(), {"window": None, "requests": None, "from": source.description,
-                         "missing": ["pg_stat_statements", "pg_stat_user_tables", "pg_stat_activity",
-                                     "redis INFO", "redis key sample", "app config"]}
+    snap, meta = Snapshots(), {"window": None, "requests": None, "from": source.description, "missing": []}
+    print(f"taking PostgreSQL and Redis snapshots {window_s:.0f} s apart ...", flush=True)
+    jobs = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        if settings.postgres:
+            jobs["PostgreSQL statistics"] = pool.submit(_postgres, settings, recent_request_rate(signals), window_s)
+        else:
+            meta["missing"].append("PostgreSQL statistics: no postgres section in the parameters")
+        if settings.redis:
+            jobs["Redis INFO and key sample"] = pool.submit(_redis, settings, window_s)
+        else:
+            meta["missing"].append("Redis INFO and key sample: no redis section in the parameters")
+        for what, job in jobs.items():
+            try:
+                result = job.result()
+            except RunbookError as err:
+                meta["missing"].append(f"{what}: {redact_text(str(err))}")
+                continue
+            if what.startswith("PostgreSQL"):
+                pg_snap, pg_meta = result
+                snap.statements, snap.tables = pg_snap.statements, pg_snap.tables
+                snap.indexes, snap.activity = pg_snap.indexes, pg_snap.activity
+                meta.update(window=pg_meta["window"], requests=pg_meta["requests"])
+                meta["missing"] += pg_meta.get("missing", [])
+            else:
+                for k, v in result.items():
+                    setattr(snap, k, v)
+    return snap, meta
+
+
+def index_candidates(settings: Settings, source, snap: Snapshots) -> list[dict]:
+    """Index proposals: structural candidates on a bundle; HypoPG-checked ones on a live server."""
+    if snap.statements is None or snap.tables is None or snap.indexes is None:
+        return []
+    if isinstance(source, FixtureSource) or not settings.postgres:
+        return ix_dx.candidates(snap.statements, list(db_dx.seq_scan_heavy(snap.tables).index), snap.indexes)
+    from .pg import live as pg_live
+
+    return pg_live.index_proposals(settings.postgres, snap)

@@ -7,7 +7,6 @@ executor yet are shown with what they would do and marked so, never silently ski
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -17,8 +16,6 @@ from .settings import Settings
 
 # What each kind without an executor would do, in words, and why it is not executed yet.
 NO_EXECUTOR = {
-    "app.config": "app config executor not built yet (lab config source / Kubernetes ConfigMap patch)",
-    "cache.warm": "cache warming executor not built yet",
     "recommendation": "recommendation for the application owners: the runbook does not edit code",
 }
 
@@ -38,14 +35,6 @@ class Entry:
     commands: list[str] = field(default_factory=list)
 
 
-def _describe(kind: str, inputs: dict, reason: str) -> list[str]:
-    if kind == "app.config":
-        return [f"merge-patch app config {json.dumps(inputs, sort_keys=True)}"]
-    if kind == "cache.warm":
-        return [f"warm the top {inputs.get('top_n')} keys by request count"]
-    return [f"-- {reason}"]
-
-
 def build(plan: dict, settings: Settings) -> list[Entry]:
     entries = []
     kinds = set(fw.action_kinds())
@@ -55,7 +44,7 @@ def build(plan: dict, settings: Settings) -> list[Entry]:
             e.executor = fw.build_action(a["kind"], a["inputs"])
         else:
             e.note = NO_EXECUTOR.get(a["kind"], "no executor for this kind")
-            e.commands = _describe(a["kind"], a["inputs"], a["reason"])
+            e.commands = [f"-- {a['reason']}"]
         entries.append(e)
     return entries
 

@@ -11,8 +11,6 @@ import pandas as pd
 
 from .diagnose import compare as compare_dx
 from .diagnose import impact as impact_dx
-from .diagnose import index_candidates as ix_dx
-from .diagnose.db import seq_scan_heavy
 from .diagnose.hypotheses import Evidence, Hypothesis, Snapshots, build_hypotheses
 from .diagnose.symptoms import first_movers, symptom_table
 from .diagnose.window import IncidentWindow, find_incident_window
@@ -110,15 +108,20 @@ def symptom_frame(symptoms_json: dict) -> pd.DataFrame:
     return t
 
 
-def root_cause(df: pd.DataFrame, symptoms_json: dict, snap: Snapshots, slo_hit: float):
+def root_cause(df: pd.DataFrame, symptoms_json: dict, snap: Snapshots, slo_hit: float) -> list[Hypothesis]:
     win = load_window(symptoms_json)
-    table = symptom_frame(symptoms_json)
-    hyps = build_hypotheses(table, snap, df, win.incident, slo_hit)
-    candidates = []
-    if snap.statements is not None and snap.tables is not None and snap.indexes is not None:
-        heavy = list(seq_scan_heavy(snap.tables).index)
-        candidates = ix_dx.candidates(snap.statements, heavy, snap.indexes)
-    return hyps, candidates
+    return build_hypotheses(symptom_frame(symptoms_json), snap, df, win.incident, slo_hit)
+
+
+def evidence_sources(meta: dict) -> pd.DataFrame:
+    """Where the snapshot evidence came from, and what could not be read (and why)."""
+    rows = [{"evidence": "snapshots", "detail": meta["from"]}]
+    if meta.get("window"):
+        rows.append({"evidence": "window", "detail": f"{meta['window']['start']} -> {meta['window']['end']}"})
+    if meta.get("requests"):
+        rows.append({"evidence": "HTTP requests in the window", "detail": f"{meta['requests']:,.0f}"})
+    rows += [{"evidence": "MISSING", "detail": m} for m in meta.get("missing", [])]
+    return pd.DataFrame(rows).set_index("evidence")
 
 
 def statements_frame(snap: Snapshots, top: int = 8) -> pd.DataFrame:

@@ -9,10 +9,11 @@ import pytest
 from runbook_lib import evidence, steps
 from runbook_lib.diagnose import cache, compare, db, index_candidates, window
 from runbook_lib.diagnose.symptoms import first_movers
-from runbook_lib.settings import Slo
+from runbook_lib.settings import Slo, load_settings
 from runbook_lib.sources.fixture import FixtureSource
 
-BUNDLE = Path(__file__).resolve().parent.parent / "fixtures" / "d2-latency"
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "fixtures" / "d2-latency"
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,10 @@ def test_cache_moves_first_and_cpu_memory_do_not_move(bundle):
 def test_hypotheses_rank_cache_first_and_rule_out_infrastructure(bundle):
     src, df = bundle
     _, _, _, payload = steps.symptoms(df, 30)
-    snap, meta = evidence.gather(src, df)
-    hyps, candidates = steps.root_cause(df, payload, snap, 0.8)
+    settings = load_settings(ROOT / "parameters" / "fixtures.yaml")
+    snap, _ = evidence.gather(settings, src, df)
+    hyps = steps.root_cause(df, payload, snap, 0.8)
+    candidates = evidence.index_candidates(settings, src, snap)
     assert [h.category for h in hyps] == ["cache", "database", "application", "infrastructure"]
     assert hyps[-1].disproved and not any(h.disproved for h in hyps[:3])
     assert {(c["table"], tuple(c["columns"])) for c in candidates} >= {("orders", ("user_id", "created_at")),

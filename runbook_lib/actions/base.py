@@ -173,7 +173,7 @@ def from_record(record: dict[str, Any]) -> Action:
 
 
 def _load_builtin() -> None:
-    from . import postgres_index, redis_config  # noqa: F401 - registering import
+    from . import app_config, cache_warm, postgres_index, redis_config  # noqa: F401 - registering import
 
 
 _SLUG_BAD = re.compile(r"[^a-z0-9_.-]+")

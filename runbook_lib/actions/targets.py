@@ -61,6 +61,10 @@ class Targets:
             return postgres_endpoint(self._pg_settings().dsn)
         if family == "redis":
             return redis_endpoint(self._redis_settings().url)
+        if family == "app":
+            from .app_config import app_endpoint
+
+            return app_endpoint(self.settings)
         raise TargetError(f"unknown target family {family!r}")
 
     def _pg_settings(self):

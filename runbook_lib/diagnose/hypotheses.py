@@ -72,6 +72,7 @@ class Snapshots:
     redis: dict | None = None  # info_deltas
     ttl: dict | None = None  # ttl_summary
     key_patterns: pd.DataFrame | None = None
+    keys: pd.DataFrame | None = None  # the key sample itself (key, type, ttl_s, memory_bytes)
     app_config: dict | None = None
 
 

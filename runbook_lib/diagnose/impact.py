@@ -68,15 +68,17 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
             PlannedAction("cache-warm", "immediate", "Warm the most requested keys", "cache", "cache.warm",
                           {"top_n": 5000}, _gain(h, 0.05), 0.5, "low",
                           "avoids a cold-cache stampede right after the key change",
-                          depends_on=["app-cache-keys", "app-cache-ttl"]),
+                          depends_on=["app-cache-keys", "app-cache-ttl", "redis-maxmemory"]),
         ]
     if "database" in by:
         h = by["database"]
         for c in index_candidates:
             name = f"pg-index-{c['table']}-{'-'.join(c['columns'])}"
+            inputs = {"table": c["table"], "columns": list(c["columns"])}
+            if c.get("statements"):  # HypoPG-checked proposals: verify that EXPLAIN of these uses the index
+                inputs["verify_statements"] = [s["query"] for s in c["statements"]]
             out.append(PlannedAction(name, "short-term", f"Index {c['table']}({', '.join(c['columns'])})",
-                                     "database", "postgres.create_index",
-                                     {"table": c["table"], "columns": list(c["columns"])},
+                                     "database", "postgres.create_index", inputs,
                                      _gain(h, c.get("share", 0.3)), 1.0, "medium", c["reason"]))
         if statements is not None and len(statements):
             from .db import n_plus_one
