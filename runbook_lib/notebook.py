@@ -9,6 +9,7 @@ golden notebooks compare equal under nbval on any machine.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from .rundir import FIGURES_DIR, read_json, write_json
 from .settings import SECTIONS, Settings, display_path, load_settings, project_root, resolve_path
 from .sources import Event, SignalSource, open_source, to_utc
 
+# Longest a step waits for live data (e.g. 05 for data after the change): a runbook step should not
+# block an SRE for longer; beyond it the step says to re-run later.
+MAX_WAIT = pd.Timedelta(minutes=10)
 # plotly_mimetype: deterministic JSON output that JupyterLab renders natively and nbval compares.
 RENDERER = "plotly_mimetype"
 # Display options for readable tables at 3 a.m.
@@ -67,11 +71,38 @@ class Step:
                                 f"{self.settings.source.kind} source")
         return rng
 
-    def signals(self) -> pd.DataFrame:
+    def signals(self, since: pd.Timestamp | None = None) -> pd.DataFrame:
+        """The window's signals; ``since`` widens a trailing window back to that time (e.g. the baseline
+        01 found, which a later step's ``window.last`` may no longer reach)."""
         if self._signals is None:
             start, end = self.time_range()
+            if since is not None:
+                start = min(start, to_utc(since))
             self._signals = self.source.fetch(self.settings.signals, start, end, self.settings.window.step_seconds)
         return self._signals
+
+    def wait_until(self, when: pd.Timestamp | None, what: str) -> str:
+        """Wait (with a progress bar, bounded by MAX_WAIT) until ``when`` on a live source; a recorded
+        bundle never waits. Returns what happened, for the notebook to show."""
+        if when is None or self.settings.source.kind == "fixture":
+            return "nothing to wait for"
+        left = (to_utc(when) - pd.Timestamp.now(tz="UTC")).total_seconds()
+        if left <= 0:
+            return f"{what}: already available"
+        if left > MAX_WAIT.total_seconds():
+            from .errors import RunbookError
+
+            raise RunbookError(f"{what} is {left:.0f} s away, more than the {MAX_WAIT.total_seconds():.0f} s this "
+                               "step waits", hint="re-run this step later: runbook run --only 05 --out RUN_DIR")
+        from tqdm import tqdm
+
+        with tqdm(total=round(left), desc=f"waiting for {what}", unit="s") as bar:
+            while (remaining := (to_utc(when) - pd.Timestamp.now(tz="UTC")).total_seconds()) > 0:
+                time.sleep(min(1.0, remaining))
+                bar.n = round(left - max(remaining, 0))
+                bar.refresh()
+        self._signals = None  # fetch again: the data now reaches past the wait
+        return f"{what}: waited {left:.0f} s"
 
     def events(self) -> list[Event]:
         return self.source.events()

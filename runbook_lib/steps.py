@@ -199,6 +199,14 @@ def impact_conclusion(actions: list[impact_dx.PlannedAction]) -> str:
 SETTLE_AFTER_CHANGE = pd.Timedelta(seconds=60)
 
 
+def after_ready_at(remediation: dict | None, step_seconds: int) -> pd.Timestamp | None:
+    """When enough data after the last applied change exists to validate it (None: nothing to wait for)."""
+    finished = (remediation or {}).get("finished_at")
+    if not (finished and (remediation or {}).get("applied")):
+        return None
+    return pd.Timestamp(finished) + SETTLE_AFTER_CHANGE + pd.Timedelta(seconds=step_seconds * (compare_dx.MIN_SAMPLES + 1))
+
+
 def validation_windows(symptoms_json: dict, remediation: dict | None, df: pd.DataFrame):
     """(baseline, before, after, how). After = the recovery the data shows; else the data since the last
     applied change settled; else None (not validated yet)."""

@@ -101,6 +101,9 @@ def correlate(df: pd.DataFrame, win: IncidentWindow, step_seconds: int,
 def symptom_table(df: pd.DataFrame, win: IncidentWindow, step_seconds: int) -> pd.DataFrame:
     """Levels and correlation side by side, ordered by onset (first mover first)."""
     table = level_table(df, win).join(correlate(df, win, step_seconds))
+    # an onset of a signal that did not change is noise (e.g. traffic ramping up at the window start)
+    table.loc[~table["changed"], "onset"] = pd.NaT
+    table.loc[~table["changed"], "leads_primary_by_s"] = np.nan
     return table.sort_values(["onset", "signal"], na_position="last")
 
 
