@@ -35,16 +35,29 @@ def _equality_columns(node, out: list[str]) -> None:
                     out.append(c)
 
 
-def statement_columns(query: str) -> tuple[str, list[str], list[str]] | None:
-    """(table, filter columns, order-by columns) of a single-table SELECT, else None."""
+def parse_select(query: str) -> ast.SelectStmt | None:
+    """The parse tree of a query that is exactly one SELECT statement, else None."""
     try:
         stmts = pglast.parse_sql(query)
     except pglast.parser.ParseError:
         return None
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.SelectStmt):
         return None
-    sel = stmts[0].stmt
-    if not sel.fromClause or len(sel.fromClause) != 1 or not isinstance(sel.fromClause[0], ast.RangeVar):
+    return stmts[0].stmt
+
+
+def single_table_select(query: str) -> ast.SelectStmt | None:
+    """Like parse_select, but only a SELECT reading one plain table (FROM t)."""
+    sel = parse_select(query)
+    if sel is None or not sel.fromClause or len(sel.fromClause) != 1 or not isinstance(sel.fromClause[0], ast.RangeVar):
+        return None
+    return sel
+
+
+def statement_columns(query: str) -> tuple[str, list[str], list[str]] | None:
+    """(table, filter columns, order-by columns) of a single-table SELECT, else None."""
+    sel = single_table_select(query)
+    if sel is None:
         return None
     table = sel.fromClause[0].relname
     filters: list[str] = []

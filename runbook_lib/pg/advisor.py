@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
-import pglast
 import psycopg
 from pglast import ast
 from pglast.enums import A_Expr_Kind, BoolExprType
@@ -35,6 +34,7 @@ from psycopg import sql
 from ..actions.postgres_index import MAX_VERIFY_STATEMENTS as MAX_VERIFY
 from ..actions.postgres_index import CreateIndex
 from ..diagnose import db as db_dx
+from ..diagnose.index_candidates import parse_select
 from . import explain
 from .errors import ExtensionMissing, PgDiagnosisError
 
@@ -204,13 +204,9 @@ def referenced_columns(query: str, table_columns: Mapping[str, Iterable[str]] | 
 
     ``table_columns`` (table -> its column names) resolves unqualified columns in multi-table SELECTs.
     """
-    try:
-        stmts = pglast.parse_sql(explain.normalize(query))
-    except pglast.parser.ParseError:
+    sel = parse_select(explain.normalize(query))
+    if sel is None:
         return None
-    if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.SelectStmt):
-        return None
-    sel = stmts[0].stmt
     if sel.op is not None and sel.op != 0:  # UNION / INTERSECT / EXCEPT
         return None
     aliases: dict[str, str] = {}

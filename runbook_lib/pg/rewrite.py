@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
-import pglast
 from pglast import ast
 from pglast.enums import A_Expr_Kind, BoolExprType
 from pglast.stream import RawStream
 
+from ..diagnose.index_candidates import single_table_select
 from . import explain
 
 # A parent statement runs about once per request: at most this many calls per request.
@@ -51,16 +51,7 @@ class Rewrite:
 
 
 def _parse_select(query: str) -> ast.SelectStmt | None:
-    try:
-        stmts = pglast.parse_sql(explain.normalize(query))
-    except pglast.parser.ParseError:
-        return None
-    if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.SelectStmt):
-        return None
-    sel = stmts[0].stmt
-    if not sel.fromClause or len(sel.fromClause) != 1 or not isinstance(sel.fromClause[0], ast.RangeVar):
-        return None
-    return sel
+    return single_table_select(explain.normalize(query))
 
 
 def _conjuncts(node: Any) -> list[Any]:
