@@ -9,6 +9,11 @@ backend's knobs) can only be taken *now*: the ``.start`` ones when ``--from`` is
 it is past: their ``taken_at`` says when they really were taken), the ``.end`` ones when ``--to`` is
 reached. Waits are bounded by ``MAX_WAIT_S``. Events are the lab's event log (profile switches and
 knob patches, ``<state>/events.jsonl``) inside the window. The bundle is validated before it is kept.
+
+The snapshots can instead be taken at chosen moments inside the window (``snapshots_at``; on the command
+line ``python -m runbook_lib.lab.record ... --snapshots-at START END``), e.g. both during the incident
+when the window also holds a healthy baseline and the recovery: the root-cause step reads them as
+incident evidence. Signals are fetched once ``--to`` is reached, as without it.
 """
 
 from __future__ import annotations
@@ -183,13 +188,22 @@ def _signals(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame
     return out
 
 
-def record(parameters: str | Path, start: datetime, end: datetime, out: str | Path, state: Path) -> Path:
-    """Record a bundle into ``out`` (refused if it exists and is not empty). Returns the bundle folder."""
+def record(parameters: str | Path, start: datetime, end: datetime, out: str | Path, state: Path,
+           snapshots_at: tuple[datetime, datetime] | None = None) -> Path:
+    """Record a bundle into ``out`` (refused if it exists and is not empty). Returns the bundle folder.
+
+    ``snapshots_at=(t0, t1)``: take the ``.start`` snapshots at t0 and the ``.end`` ones at t1 instead of
+    at ``start`` and ``end`` (``start <= t0 < t1 <= end``).
+    """
     from ..sources.fixture import FixtureBundle, Manifest
 
     settings = load_settings(parameters)
     if end <= start:
         raise LabError("--to must be after --from")
+    snap_start, snap_end = snapshots_at or (start, end)
+    if not start <= snap_start < snap_end <= end:
+        raise LabError("the snapshot times must lie inside the window, the first before the second",
+                       hint="--from <= snapshot start < snapshot end <= --to")
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):
         raise LabError(f"{display_path(out)} exists and is not empty", hint="choose a new --out folder")
@@ -197,17 +211,19 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         snaps = Snapshotter(tmp, settings, state)
-        _wait_until_time(start, "--from")
+        _wait_until_time(snap_start, "the start snapshot" if snapshots_at else "--from")
         snaps.take("start")
-        _wait_until_time(end, "--to")
+        _wait_until_time(snap_end, "the end snapshot" if snapshots_at else "--to")
         snaps.take("end")
+        _wait_until_time(end, "--to")
         _signals(settings, start, end).to_csv(tmp / "signals.csv")
         manifest = Manifest(
             id=out.name, title=settings.incident.title,
             description=f"Recorded from {settings.source.url} ({settings.mode} mode), "
                         f"{start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')}.",
             provenance=f"recorded: runbook record -p {display_path(parameters)} --from {start.isoformat()} "
-                       f"--to {end.isoformat()}",
+                       f"--to {end.isoformat()}"
+                       + (f", snapshots at {snap_start.isoformat()} and {snap_end.isoformat()}" if snapshots_at else ""),
             step_seconds=settings.window.step_seconds, events=_events(state, start, end),
             snapshots=snaps.refs)
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_defaults=False),
@@ -219,3 +235,37 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m runbook_lib.lab.record``: ``runbook record`` plus ``--snapshots-at START END``."""
+    import argparse
+    import sys
+
+    from .stack import state_dir
+
+    p = argparse.ArgumentParser(prog="python -m runbook_lib.lab.record", description=main.__doc__)
+    p.add_argument("--state", help="lab state folder (default: $RUNBOOK_LAB_DIR or /tmp/runbook-lab-<hash>)")
+    p.add_argument("-p", "--parameters", default="parameters/lab.yaml")
+    p.add_argument("--from", dest="start", required=True, help="ISO 8601 UTC, 'now', or relative: -10m")
+    p.add_argument("--to", dest="end", required=True, help="ISO 8601 UTC, 'now', or relative: +5m")
+    p.add_argument("--snapshots-at", nargs=2, metavar=("START", "END"),
+                   help="take the .start and .end snapshots at these times (inside the window), not at its ends")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    args = p.parse_args(argv)
+    now = datetime.now(UTC)
+    start, end = parse_when(args.start, now), parse_when(args.end, now)
+    snaps = tuple(parse_when(t, now) for t in args.snapshots_at) if args.snapshots_at else None
+    print(f"recording {start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')}"
+          + (f", snapshots at {snaps[0].isoformat(timespec='seconds')} and {snaps[1].isoformat(timespec='seconds')}"
+             if snaps else "") + f" into {args.out}", flush=True)
+    try:
+        print(record(args.parameters, start, end, args.out, Path(args.state) if args.state else state_dir(), snaps))
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
