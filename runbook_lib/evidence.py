@@ -49,7 +49,7 @@ def from_bundle(source: FixtureSource, signals: pd.DataFrame) -> tuple[Snapshots
         activity=b.snapshot("pg_stat_activity"),
         redis=cache_dx.info_deltas(b.snapshot("redis_info.start"), b.snapshot("redis_info.end")),
         ttl=cache_dx.ttl_summary(b.snapshot("redis_keys")),
-        key_patterns=cache_dx.key_patterns(b.snapshot("redis_keys")),
+        key_patterns=cache_dx.key_design(b.snapshot("redis_keys")),
         keys=b.snapshot("redis_keys"),
         app_config=b.snapshot("app_config") if b.has_snapshot("app_config") else None,
     )

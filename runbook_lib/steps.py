@@ -176,7 +176,8 @@ def impact(findings: dict) -> list[impact_dx.PlannedAction]:
     statements = None
     if findings.get("statements"):
         statements = pd.DataFrame(findings["statements"]).set_index("queryid")
-    return impact_dx.propose(hyps, statements, findings.get("app_config"), findings.get("index_candidates", []))
+    return impact_dx.propose(hyps, statements, findings.get("app_config"), findings.get("index_candidates", []),
+                             findings.get("redis"))
 
 
 def impact_conclusion(actions: list[impact_dx.PlannedAction]) -> str:

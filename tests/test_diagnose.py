@@ -8,7 +8,7 @@ import pytest
 
 from runbook_lib import evidence, steps
 from runbook_lib.diagnose import cache, compare, db, index_candidates, window
-from runbook_lib.diagnose.symptoms import first_movers
+from runbook_lib.diagnose.symptoms import first_movers, symptom_table
 from runbook_lib.settings import Slo, load_settings
 from runbook_lib.sources.fixture import FixtureSource
 
@@ -160,3 +160,16 @@ def test_events_table_with_no_events():
     from runbook_lib.charts import events_table
 
     assert list(events_table([]).columns) == ["time (UTC)", "kind", "event"]
+
+
+def test_zero_baseline_and_warm_up_excursion():
+    """A 5xx ratio from 0 to 5% is a worse change; a warm-up blip at the window start is not the onset."""
+    idx = pd.date_range("2026-01-01", periods=200, freq="5s", tz="UTC")
+    p95 = np.r_[np.full(12, 12.0), np.full(68, 5.0), np.full(120, 500.0)]  # warm-up, baseline, incident
+    err = np.r_[np.zeros(90), np.full(110, 0.05)]
+    df = pd.DataFrame({"latency_p95_ms": p95, "error_ratio": err}, index=idx)
+    win = window.find_incident_window(df["latency_p95_ms"])
+    table = symptom_table(df, win, 5)
+    assert table.loc["error_ratio", "changed"] and table.loc["error_ratio", "worse"]
+    assert table.loc["latency_p95_ms", "onset"] == idx[80]
+    assert table.loc["error_ratio", "onset"] == idx[90]

@@ -77,4 +77,4 @@ def overall(table: pd.DataFrame, after_from: str = "") -> dict:
     return {"fixed": fixed, "validated": True, "score": round(100 * float(ok.mean()), 1),
             "failing": list(table.index[~ok]), "after_from": after_from,
             "verdict": "FIXED: every SLO signal is back within its objective" if fixed
-            else "NOT FIXED: " + ", ".join(slo_rows.index[slo_rows["verdict"] != "meets SLO"]) + " still violate the SLO"}
+            else "NOT FIXED: SLO not met by " + ", ".join(slo_rows.index[slo_rows["verdict"] != "meets SLO"])}

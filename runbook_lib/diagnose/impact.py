@@ -47,9 +47,17 @@ def _gain(h: Hypothesis, share: float) -> float:
     return round(h.confidence * share, 3)
 
 
+def _memory_reason(redis: dict | None) -> str:
+    if not redis:
+        return "a longer TTL keeps more keys: give Redis room for the working set"
+    return (f"used {redis['memory_used_share']:.0%} of maxmemory {redis['maxmemory'] / 2**20:.0f} MiB "
+            f"({redis['maxmemory_policy']}), {redis['evicted_per_s']:.1f} evictions/s; a longer TTL keeps more keys")
+
+
 def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config: dict | None,
-            index_candidates: list[dict]) -> list[PlannedAction]:
-    """Actions for every supported hypothesis. ``index_candidates``: [{table, columns, reason}]."""
+            index_candidates: list[dict], redis: dict | None = None) -> list[PlannedAction]:
+    """Actions for every supported hypothesis. ``index_candidates``: [{table, columns, reason}];
+    ``redis``: the INFO deltas of the window (for the memory action's reason)."""
     by = {h.category: h for h in hyps if not h.disproved}
     cfg = app_config or {}
     out: list[PlannedAction] = []
@@ -64,7 +72,7 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
                           f"TTL is {cfg.get('cache_ttl_s', '?')} s, shorter than the reuse interval of hot keys"),
             PlannedAction("redis-maxmemory", "immediate", "Give Redis room for the working set and evict by LRU",
                           "cache", "redis.config_set", {"maxmemory": "512mb", "maxmemory-policy": "allkeys-lru"},
-                          _gain(h, 0.1), 0.25, "low", "used memory is at maxmemory and keys are evicted"),
+                          _gain(h, 0.1), 0.25, "low", _memory_reason(redis)),
             PlannedAction("cache-warm", "immediate", "Warm the most requested keys", "cache", "cache.warm",
                           {"top_n": 5000}, _gain(h, 0.05), 0.5, "low",
                           "avoids a cold-cache stampede right after the key change",

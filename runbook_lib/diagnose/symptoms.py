@@ -15,6 +15,9 @@ from .window import IncidentWindow
 # A signal "changed" when its incident median differs from its baseline median by more than this
 # share (25%): above the 5-10% noise of rate()-derived series, below any causal move in this incident.
 CHANGE_THRESHOLD = 0.25
+# With a zero baseline a ratio means nothing: the incident level must exceed this floor per unit
+# (half a percentage point of a ratio such as 5xx, one connection, one ms, one per second).
+ZERO_BASELINE_FLOOR = {"ratio": 0.005, "count": 1.0, "ms": 1.0, "1/s": 1.0}
 # Onset: first sample outside baseline median +/- max(ONSET_MADS robust sigmas, ONSET_MIN_REL of the
 # median), held for ONSET_HOLD consecutive samples (so one noisy sample does not count).
 ONSET_MADS = 6.0
@@ -39,8 +42,11 @@ def level_table(df: pd.DataFrame, win: IncidentWindow) -> pd.DataFrame:
         inc = float(_between(df[name], win.incident).median())
         rec = float(_between(df[name], win.recovery).median()) if win.recovery else np.nan
         ratio = inc / base if base else np.nan
-        changed = bool(abs(ratio - 1) > CHANGE_THRESHOLD) if np.isfinite(ratio) else False
-        worse = changed and ((ratio > 1) == sig.higher_is_worse)
+        if np.isfinite(ratio):
+            changed = bool(abs(ratio - 1) > CHANGE_THRESHOLD)
+        else:  # a zero baseline (no 5xx, an idle pool): changed when the incident level is clearly above zero
+            changed = bool(np.isfinite(inc) and abs(inc) > ZERO_BASELINE_FLOOR[sig.unit])
+        worse = changed and ((inc > base) == sig.higher_is_worse)
         rows.append({"signal": name, "label": sig.label, "unit": sig.unit, "group": sig.group,
                      "baseline": base, "incident": inc, "recovery": rec, "ratio": ratio,
                      "changed": changed, "worse": worse})
@@ -57,13 +63,16 @@ def onset_time(s: pd.Series, win: IncidentWindow) -> pd.Timestamp | None:
     band = max(ONSET_MADS * mad, ONSET_MIN_REL * abs(med), 1e-9)
     lo = max(win.incident[0] - ONSET_LOOKBACK, win.baseline[0])
     seg = s.loc[(s.index >= lo) & (s.index <= win.incident[1])]
-    out = ((seg - med).abs() > band).astype(int)
-    held = out.rolling(ONSET_HOLD).sum() >= ONSET_HOLD
-    if not held.any():
-        return None
-    first_end = held.idxmax()
-    pos = seg.index.get_loc(first_end) - (ONSET_HOLD - 1)
-    return seg.index[pos]
+    out = ((seg - med).abs() > band).to_numpy()
+    # runs of consecutive out-of-band samples; the onset is the start of the first run that is long
+    # enough (ONSET_HOLD) and still going at the incident start or later: an excursion that came back
+    # before the incident (a warm-up right after a restart) is not the incident's onset
+    starts = np.flatnonzero(out & ~np.r_[False, out[:-1]])
+    ends = np.flatnonzero(out & ~np.r_[out[1:], False])  # inclusive
+    for a, b in zip(starts, ends):
+        if b - a + 1 >= ONSET_HOLD and seg.index[b] >= win.incident[0]:
+            return seg.index[a]
+    return None
 
 
 def best_lag(x: pd.Series, y: pd.Series, max_lag: int = MAX_LAG_STEPS) -> tuple[int, float]:
