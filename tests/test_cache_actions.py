@@ -43,7 +43,7 @@ def redis_with_config_file(server_dir):
     try:
         yield url, conf
     finally:
-        kill_pid(pid, str(conf))
+        kill_pid(pid, f"127.0.0.1:{port}")  # redis-server retitles itself "redis-server HOST:PORT"
 
 
 def _conf_lines(conf):
