@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..actions.targets import redis_endpoint
-from ..redact import register_secret
+from ..settings import SecretRef
 from .collect import SAMPLE_SIZE, WATCH_EVERY_S, collect, connect, lab_app_config
 from .errors import CacheError
 from .recommend import MAX_STALENESS_S, TARGET_HIT_RATIO
@@ -45,13 +44,7 @@ def run(args) -> int:
                          hint="put it in an environment variable and pass --password-env NAME")
     if not 0 <= args.window <= MAX_WINDOW_S:
         raise CacheError(f"--window must be in 0..{MAX_WINDOW_S:.0f} seconds")
-    password = None
-    if args.password_env:
-        password = os.environ.get(args.password_env)
-        if password is None:
-            raise CacheError(f"environment variable {args.password_env} is not set",
-                             hint="export it, or leave --password-env out for a server without a password")
-        register_secret(password)
+    password = SecretRef(env=args.password_env).reveal().get_secret_value() if args.password_env else None
     app_config = _app_config(args)
     client = connect(args.redis, password)
     try:

@@ -11,15 +11,14 @@ never from the DSN; every DSN printed goes through redaction.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import psycopg
 from pydantic import ValidationError
 
 from ..actions.targets import postgres_endpoint
-from ..redact import redact_text, register_secret
-from ..settings import Postgres
+from ..redact import redact_text
+from ..settings import Postgres, SecretRef
 from . import report, stats
 from .errors import PgDiagnosisError
 
@@ -59,13 +58,7 @@ def run(args) -> int:
     except ValidationError as e:
         raise PgDiagnosisError(e.errors()[0]["msg"].removeprefix("Value error, "),
                                hint="pass the password with --password-env NAME or PGPASSWORD") from None
-    password = None
-    if args.password_env:
-        password = os.environ.get(args.password_env)
-        if password is None:
-            raise PgDiagnosisError(f"environment variable {args.password_env} is not set",
-                                   hint="export it, or drop --password-env to use PGPASSWORD / ~/.pgpass")
-        register_secret(password)
+    password = SecretRef(env=args.password_env).reveal().get_secret_value() if args.password_env else None
     endpoint = postgres_endpoint(args.dsn)
     try:
         d = _diagnose(args, password, endpoint)
