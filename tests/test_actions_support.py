@@ -5,6 +5,7 @@ Every check of server state goes through its own connection, never through the c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from pathlib import Path
@@ -24,24 +25,31 @@ REDIS_SECRET_ENV = "RUNBOOK_SECRET_REDIS"
 ROWS = 2000  # enough rows for a real index build, small enough to build in milliseconds
 
 
-@pytest.fixture
-def pg_dsn(private_postgres):
-    """A fresh database with an ``orders`` table on the private server; dropped afterwards."""
-    name = f"act_{uuid.uuid4().hex[:12]}"
-    admin = private_postgres.dsn("postgres")
+@contextlib.contextmanager
+def scratch_database(server, prefix: str):
+    """A fresh database on a private PostgreSQL server, dropped (connections and all) afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = server.dsn("postgres")
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = private_postgres.dsn(name)
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int NOT NULL, "
-                  "created_at timestamptz NOT NULL DEFAULT now(), status text)")
-        c.execute("INSERT INTO orders (user_id, created_at, status) "
-                  "SELECT g %% 97, now() - g * interval '1 minute', 'paid' FROM generate_series(1, %s) g", (ROWS,))
     try:
-        yield dsn
+        yield server.dsn(name)
     finally:
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_dsn(private_postgres):
+    """A fresh database with an ``orders`` table on the private server; dropped afterwards."""
+    with scratch_database(private_postgres, "act") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int NOT NULL, "
+                      "created_at timestamptz NOT NULL DEFAULT now(), status text)")
+            c.execute("INSERT INTO orders (user_id, created_at, status) "
+                      "SELECT g %% 97, now() - g * interval '1 minute', 'paid' FROM generate_series(1, %s) g",
+                      (ROWS,))
+        yield dsn
 
 
 def pg_indexes(dsn: str, table: str = "orders") -> list[tuple]:

@@ -10,7 +10,7 @@ import pandas as pd
 import psycopg
 import pytest
 from psycopg import sql
-from test_actions_support import make_settings
+from test_actions_support import make_settings, scratch_database
 
 from runbook_lib import cli
 from runbook_lib.actions import execute
@@ -27,19 +27,11 @@ SCALE = 1.0
 @pytest.fixture(scope="module")
 def seeded(private_postgres):
     """A fresh database with the workload's tables and HypoPG; dropped at the end of the module."""
-    name = f"pgdx_{uuid.uuid4().hex[:10]}"
-    admin = private_postgres.dsn("postgres")
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = private_postgres.dsn(name)
-    sizes = workload.seed(dsn, SCALE)
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("CREATE EXTENSION hypopg")
-    try:
+    with scratch_database(private_postgres, "pgdx") as dsn:
+        sizes = workload.seed(dsn, SCALE)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION hypopg")
         yield dsn, sizes
-    finally:
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _window(dsn, sizes, requests=REQUESTS):

@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 from psycopg import sql
-from test_actions_support import audit_lines, make_settings, pg_indexes
+from test_actions_support import audit_lines, make_settings, pg_indexes, scratch_database
 
 from runbook_lib.actions import (
     ActionFailed,
@@ -33,22 +33,14 @@ DEADLINE_S = 30.0
 
 @pytest.fixture
 def dsn(private_postgres):
-    name = f"pgix_{uuid.uuid4().hex[:10]}"
-    admin = private_postgres.dsn("postgres")
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    d = private_postgres.dsn(name)
-    with psycopg.connect(d, autocommit=True) as c:
-        c.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int NOT NULL, "
-                  "created_at timestamptz NOT NULL DEFAULT now(), status text NOT NULL)")
-        c.execute("INSERT INTO orders (user_id, created_at, status) SELECT g %% 5000, now() - g * interval '1 s', "
-                  "'paid' FROM generate_series(1, %s) g", (ROWS,))
-        c.execute("VACUUM ANALYZE orders")
-    try:
+    with scratch_database(private_postgres, "pgix") as d:
+        with psycopg.connect(d, autocommit=True) as c:
+            c.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int NOT NULL, "
+                      "created_at timestamptz NOT NULL DEFAULT now(), status text NOT NULL)")
+            c.execute("INSERT INTO orders (user_id, created_at, status) SELECT g %% 5000, now() - g * interval '1 s', "
+                      "'paid' FROM generate_series(1, %s) g", (ROWS,))
+            c.execute("VACUUM ANALYZE orders")
         yield d
-    finally:
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
