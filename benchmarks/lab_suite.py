@@ -1,9 +1,9 @@
 """The whole runbook, live, against the lab: diagnosis from real data, fixes applied, recovery measured.
 
-A private lab on free ports (its own state folder) starts healthy; bounded load runs a baseline, then
-the degraded profile (the incident); `runbook run` with parameters/lab.yaml pointed at this lab's
-ports diagnoses it, applies the plan, and validates; then everything is rolled back and the lab
-stopped. Prints the figures and writes benchmarks/results/lab_suite.json.
+The README's lab flow on a private lab (own state folder, free ports): `runbook lab up`, `runbook lab
+load` (healthy baseline, then the degraded profile; returns with the load going on), `runbook run` with
+parameters/lab.yaml pointed at this lab's ports: it diagnoses, applies the plan, and validates; then
+everything is rolled back and the lab stopped. Prints the figures and writes benchmarks/results/lab_suite.json.
 
     .venv/bin/python benchmarks/lab_suite.py [--scale 0.2] [--baseline 100] [--incident 150]
 """
@@ -20,26 +20,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runbook_lib.lab.stack import parameters_for
+
 OUT = ROOT / "benchmarks" / "results" / "lab_suite.json"
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))
 
 
 def sh(*args: str, env: dict, timeout: float = 1200) -> str:
-    r = subprocess.run([RUNBOOK, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([RUNBOOK, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if r.returncode:
         raise SystemExit(f"runbook {' '.join(args)} failed: {r.stderr.strip()[-800:]}")
     return r.stdout
-
-
-def lab_parameters(lab: dict, dest: Path) -> Path:
-    text = (ROOT / "parameters" / "lab.yaml").read_text()
-    c = lab["components"]
-    text = (text.replace("http://127.0.0.1:19090", c["prometheus"]["url"])
-            .replace("port=15432", f"port={c['postgres']['port']}")
-            .replace("redis://127.0.0.1:16379/0", c["redis"]["url"])
-            .replace("last: 15m", "last: 8m"))
-    dest.write_text(text)
-    return dest
 
 
 def main() -> int:
@@ -52,16 +45,11 @@ def main() -> int:
         d = Path(d)
         os.chmod(d, 0o755)  # PostgreSQL runs as postgres and must enter the state folder
         env = dict(os.environ, RUNBOOK_LAB_DIR=str(d / "lab"))
-        load = None
         try:
-            sh("lab", "up", "--scale", str(args.scale), "--ports", "free", "--profile", "healthy", env=env)
-            lab = json.loads(sh("lab", "status", "--json", env=env))
-            total = args.baseline + args.incident + 900  # enough for the whole suite; stopped below
-            load = subprocess.Popen([RUNBOOK, "lab", "load", "--duration", str(total), "--at",
-                                     f"{args.baseline:.0f}:degraded"], cwd=ROOT, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(args.baseline + args.incident)  # the scenario itself: real time under load
-            params = lab_parameters(lab, d / "lab.yaml")
+            sh("lab", "up", "--scale", str(args.scale), "--ports", "free", env=env)
+            sh("lab", "load", "--baseline", f"{args.baseline:g}", "--incident", f"{args.incident:g}", env=env)
+            params = d / "lab.yaml"
+            params.write_text(parameters_for((ROOT / "parameters" / "lab.yaml").read_text(), d / "lab"))
             t0 = time.perf_counter()
             run_dir = sh("run", "-p", str(params), "--out", str(d / "run"), env=env).strip()
             suite_s = time.perf_counter() - t0
@@ -71,10 +59,7 @@ def main() -> int:
             audit = [json.loads(x) for x in (run / "audit.jsonl").read_text().splitlines()]
             sh("rollback", str(run), "--apply", env=env)
         finally:
-            if load is not None:
-                load.terminate()
-                load.wait(timeout=30)
-            subprocess.run([RUNBOOK, "lab", "down"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+            subprocess.run([RUNBOOK, "lab", "down"], check=False, cwd=ROOT, env=env, capture_output=True, timeout=120)
     sig = {s["signal"]: s for s in validation["signals"]}
     result = {
         "scale": args.scale, "baseline_s": args.baseline, "incident_s": args.incident, "suite_s": round(suite_s, 1),

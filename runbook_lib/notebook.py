@@ -67,6 +67,9 @@ class Step:
         if rng is None:
             from .errors import SettingsError
 
+            if self.settings.mode == "lab":
+                raise SettingsError(f"{display_path(self.parameters_file)}: no window and no incident scenario in "
+                                    "the lab's events", hint="start one with 'runbook lab load', or give window.last")
             raise SettingsError(f"{display_path(self.parameters_file)}: window: give start/end or last for a "
                                 f"{self.settings.source.kind} source")
         return rng
@@ -105,7 +108,12 @@ class Step:
         return f"{what}: waited {left:.0f} s"
 
     def events(self) -> list[Event]:
-        return self.source.events()
+        """The source's events inside the data's range (a lab's log also holds earlier scenarios)."""
+        if self._signals is not None and len(self._signals):
+            start, end = self._signals.index[0], self._signals.index[-1]
+        else:
+            start, end = self.time_range()
+        return [e for e in self.source.events() if start <= e.time <= end]
 
     # --- hand-over files -------------------------------------------------------------------------
     def read(self, name: str) -> Any:

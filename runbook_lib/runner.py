@@ -23,6 +23,9 @@ from .settings import Settings, display_path, load_settings, project_root
 from .sources import SignalSource, open_source
 
 NOTEBOOKS = ("01_symptom_correlation", "02_root_cause", "03_impact_assessment", "04_remediation", "05_validation")
+# ipykernel 7 warns on every start that its loopback TCP sockets are unencrypted (the kernel is a child
+# of this process, on 127.0.0.1); errors still show.
+KERNEL_ARGUMENTS = ["--log-level=ERROR"]
 # Kernel start is ~2-4 s on these machines; a minute means the kernel is not coming.
 KERNEL_START_TIMEOUT_S = 60
 
@@ -102,6 +105,7 @@ def run_suite(parameters: Path, out: Path | None = None, export: bool = True,
                 parameters={"parameters_file": str(run_dir / PARAMETERS_FILE), "run_dir": str(run_dir)},
                 kernel_name="python3", cwd=str(project_root()), progress_bar=False,
                 start_timeout=KERNEL_START_TIMEOUT_S, report_mode=False,
+                extra_arguments=KERNEL_ARGUMENTS,
             )
         except PapermillExecutionError as err:
             where = _failed_cell(output, err)

@@ -99,6 +99,8 @@ class PrometheusSource(_Model):
     bearer_token: SecretRef | None = None
     timeout_s: float = Field(30.0, gt=0)
     verify_tls: bool = True
+    events_file: str | None = Field(None, description="JSON Lines of {time, label, kind} drawn as chart markers "
+                                                      "(a deploy log); lab mode: the lab's events.jsonl")
 
     @field_validator("url")
     @classmethod

@@ -169,3 +169,79 @@ def test_profile_switch_must_be_inside_the_load(item):
     assert _parse_switch("120:degraded", 300) == (120.0, "degraded")
     with pytest.raises(LabError, match="SECONDS:PROFILE"):
         _parse_switch(item, 300)
+
+
+def _write_events(folder, *events):
+    import json
+
+    (folder / labcfg.EVENTS_FILE).write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def test_lab_mode_window_starts_at_the_last_incident_scenario(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from runbook_lib.lab.scenario import SCENARIO_EVENT, scenario_start
+    from runbook_lib.settings import load_settings, project_root
+    from runbook_lib.sources import open_source
+
+    assert scenario_start(tmp_path) is None
+    _write_events(tmp_path,
+                  {"time": "2026-11-29T09:00:00+00:00", "label": SCENARIO_EVENT, "kind": "note"},
+                  {"time": "2026-11-29T09:02:30+00:00", "label": "degraded profile", "kind": "deploy"},
+                  {"time": "2026-11-29T10:00:00+00:00", "label": SCENARIO_EVENT, "kind": "note"},
+                  {"time": "2026-11-29T10:02:30+00:00", "label": "degraded profile", "kind": "deploy"})
+    assert scenario_start(tmp_path).isoformat() == "2026-11-29T10:00:00+00:00"
+    monkeypatch.setenv("RUNBOOK_LAB_DIR", str(tmp_path))
+    src = open_source(load_settings(project_root() / "parameters" / "lab.yaml"))
+    start, end = src.default_range()
+    assert start == pd.Timestamp("2026-11-29T10:00:00Z") and end > start
+    assert [e.kind for e in src.events()] == ["note", "deploy", "note", "deploy"]
+
+
+def test_a_bad_events_line_is_named(tmp_path):
+    from runbook_lib.errors import SourceError
+    from runbook_lib.sources.events import read_events_file
+
+    f = tmp_path / "events.jsonl"
+    assert read_events_file(f) == []
+    f.write_text('{"time": "2026-11-29T10:00:00Z", "label": "deploy v2", "kind": "deploy"}\n\nnot json\n')
+    with pytest.raises(SourceError, match="line 3: not an event"):
+        read_events_file(f)
+    f.write_text('{"time": "2026-11-29T10:00:00Z", "label": "x", "kind": "party"}\n')
+    with pytest.raises(SourceError, match="line 1: .*'party'"):
+        read_events_file(f)
+
+
+def test_recorded_events_take_the_runs_changes_and_give_phases(tmp_path):
+    import json
+    from datetime import UTC, datetime
+
+    from runbook_lib.lab.record import _events, phases_from_events
+
+    _write_events(tmp_path,
+                  {"time": "2026-11-29T10:00:00+00:00", "label": "scenario start", "kind": "note"},
+                  {"time": "2026-11-29T10:02:30+00:00", "label": "degraded profile", "kind": "deploy"},
+                  {"time": "2026-11-29T10:09:00+00:00", "label": "config patch: cache_ttl_s=300", "kind": "remediation"})
+    run = tmp_path / "run"
+    run.mkdir()
+    audit = [{"ts": "2026-11-29T10:09:00.2+00:00", "step": "applied", "action_id": "a", "title": "Set TTL",
+              "changed": True},
+             {"ts": "2026-11-29T10:09:30+00:00", "step": "verified", "action_id": "a", "title": "Set TTL"},
+             {"ts": "2026-11-29T10:10:00+00:00", "step": "applied", "action_id": "b", "title": "Warm", "changed": False},
+             {"ts": "2026-11-29T10:11:00+00:00", "step": "applied", "action_id": "c", "title": "Create index",
+              "changed": True}]
+    (run / "audit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in audit))
+    start, end = datetime(2026, 11, 29, 10, 1, tzinfo=UTC), datetime(2026, 11, 29, 10, 20, tzinfo=UTC)
+    assert [e["label"] for e in _events(tmp_path, start, end)] == ["degraded profile", "config patch: cache_ttl_s=300"]
+    events = _events(tmp_path, start, end, run)
+    assert [(e["kind"], e["label"]) for e in events] == [
+        ("deploy", "degraded profile"), ("remediation", "runbook: Set TTL"), ("remediation", "runbook: Create index")]
+    phases = phases_from_events(events, start, end)
+    t = lambda hm: datetime(2026, 11, 29, 10, hm[0], hm[1], tzinfo=UTC)
+    assert phases == {"baseline": [start, t((2, 30))], "incident": [t((2, 30)), t((9, 0))],
+                      "recovery": [t((11, 0)), end]}
+    assert phases_from_events(events[:1], start, end) == {"baseline": [start, t((2, 30))],
+                                                          "incident": [t((2, 30)), end]}
+    assert phases_from_events([], start, end) == {}
+    with pytest.raises(LabError, match="audit.jsonl does not exist"):
+        _events(tmp_path, start, end, tmp_path / "nowhere")

@@ -181,7 +181,8 @@ def test_load_switches_profile_midway(lab, capsys):
     from runbook_lib.lab.config import EVENTS_FILE, HEALTHY, read_config
 
     state, _, _ = lab
-    assert main(["lab", "load", "--state", str(state), "--duration", "4", "--rate", "10", "--at", "1:healthy"]) == 0
+    assert main(["lab", "load", "--state", str(state), "--scenario", "steady", "--duration", "4", "--rate", "10",
+                 "--at", "1:healthy"]) == 0
     assert "t+1s: switched to the healthy profile" in capsys.readouterr().out
     assert read_config(state / CONFIG_FILE) == HEALTHY
     assert "healthy profile" in (state / EVENTS_FILE).read_text().splitlines()[-1]

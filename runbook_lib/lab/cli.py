@@ -14,6 +14,9 @@ from pathlib import Path
 from .config import CONFIG_FILE, PROFILES, parse_assignments, patch_config, read_config
 from .errors import LabError, LabNotRunning
 from .load import INCIDENT_RATE
+from .scenario import DEFAULT_BACKGROUND_S, DEFAULT_BASELINE_S, DEFAULT_INCIDENT_S
+
+STEADY_DURATION_S = 60.0  # `--scenario steady` without --duration
 
 
 def _state(args) -> Path:
@@ -52,6 +55,10 @@ def _cmd_status(args) -> int:
     for name, c in st["components"].items():
         where = f"pid {c['pid']:<7} {c['url']}" if "pid" in c else ""
         print(f"  {name:<11} {'up  ' if c['running'] else 'down'}  {where}")
+    load = st.get("load")
+    if load:
+        print(f"  {'load':<11} {'up  ' if load['running'] else 'done'}  pid {load['pid']:<7} "
+              f"{load['started_at']} .. {load['until']}")
     return 0 if st["running"] else 1
 
 
@@ -65,15 +72,36 @@ def _cmd_down(args) -> int:
 
 def _cmd_load(args) -> int:
     from .load import LoadSpec, run_load_sync
+    from .scenario import run_scenario, stop_load
     from .seed import SeedSize
     from .stack import read_lab, status
 
     state = _state(args)
+    if args.stop:
+        stopped = stop_load(state)
+        print(f"stopped the load (pid {stopped[0]})" if stopped else "no load was running")
+        return 0
     if not status(state)["running"]:
         raise LabNotRunning(f"the lab in {state} is not running")
     lab = read_lab(state)
-    spec = LoadSpec(duration_s=args.duration, max_requests=args.max_requests, rate=args.rate,
-                    concurrency=args.concurrency, users=SeedSize.at_scale(lab["scale"]).users, seed=args.seed)
+    if args.scenario == "incident":
+        if args.at:
+            raise LabError("--at is for --scenario steady", hint="the incident scenario schedules its own switch: "
+                                                                  "--baseline and --incident set when")
+        duration = args.duration or DEFAULT_BACKGROUND_S
+        load_args = ["--rate", f"{args.rate:g}", "--concurrency", str(args.concurrency),
+                     "--max-requests", str(args.max_requests), "--seed", str(args.seed)]
+        print(f"incident scenario on {lab['backend_url']}: {args.rate:g} req/s, {args.baseline:g} s healthy "
+              f"baseline, then the degraded profile; back here after {args.incident:g} s of incident", flush=True)
+        info = run_scenario(state, load_args, args.baseline, args.incident, duration,
+                            out=lambda line: print(line, flush=True))
+        print(f"the incident is live. The load goes on in the background (pid {info['pid']}) until "
+              f"{info['until']}: run the runbook now, e.g. 'runbook run -p parameters/lab.yaml'. "
+              "'runbook lab load --stop' or 'runbook lab down' stop it.")
+        return 0
+    spec = LoadSpec(duration_s=args.duration or STEADY_DURATION_S, max_requests=args.max_requests,
+                    rate=args.rate, concurrency=args.concurrency, users=SeedSize.at_scale(lab["scale"]).users,
+                    seed=args.seed)
     print(f"load: {spec.rate:g} req/s for {spec.duration_s:g} s (at most {spec.max_requests} requests, "
           f"{spec.concurrency} in flight) -> {lab['backend_url']}", flush=True)
     schedule = [_parse_switch(item, spec.duration_s) for item in args.at or []]
@@ -139,9 +167,11 @@ def _cmd_record(args) -> int:
 
     now = datetime.now(UTC)
     start, end = parse_when(args.start, now), parse_when(args.end, now)
-    print(f"recording {start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')} "
-          f"into {args.out}", flush=True)
-    print(record(args.parameters, start, end, args.out, _state(args)))
+    snaps = tuple(parse_when(t, now) for t in args.snapshots_at) if args.snapshots_at else None
+    print(f"recording {start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')}"
+          + (f", snapshots at {snaps[0].isoformat(timespec='seconds')} and {snaps[1].isoformat(timespec='seconds')}"
+             if snaps else "") + f" into {args.out}", flush=True)
+    print(record(args.parameters, start, end, args.out, _state(args), snaps, Path(args.run) if args.run else None))
     return 0
 
 
@@ -167,15 +197,27 @@ def register(subparsers) -> None:
     p = sub.add_parser("down", parents=[common], help="stop everything up started, by PID (works after a crash)")
     p.set_defaults(func=_cmd_down)
 
-    p = sub.add_parser("load", parents=[common], help="send bounded loopback load with Zipf popularity")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds (default: %(default)s)")
+    p = sub.add_parser("load", parents=[common], help="drive the incident: bounded loopback load with Zipf popularity",
+                       description="incident (default): switch the lab healthy, start load in the background, "
+                                   "deploy the degraded profile after --baseline s, return after --incident s of "
+                                   "incident while the load goes on (until --duration, --stop or 'lab down'). "
+                                   "steady: load in the foreground for --duration s, with optional --at switches.")
+    p.add_argument("--scenario", choices=("incident", "steady"), default="incident",
+                   help="default: %(default)s")
+    p.add_argument("--baseline", type=float, default=DEFAULT_BASELINE_S,
+                   help="incident scenario: seconds of healthy baseline (default: %(default)g)")
+    p.add_argument("--incident", type=float, default=DEFAULT_INCIDENT_S,
+                   help="incident scenario: seconds of incident before this command returns (default: %(default)g)")
+    p.add_argument("--duration", type=float,
+                   help=f"seconds of load in all (default: {DEFAULT_BACKGROUND_S:g} for the incident scenario, "
+                        f"{STEADY_DURATION_S:g} for steady)")
     p.add_argument("--rate", type=float, default=INCIDENT_RATE, help="requests per second (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=64, help="max requests in flight (default: %(default)s)")
     p.add_argument("--max-requests", type=int, default=100_000, help="request budget (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--at", action="append", metavar="SECONDS:PROFILE",
-                   help="switch profile during the load, e.g. --at 120:degraded (repeatable): a baseline, "
-                        "then the incident, in one bounded run")
+                   help="steady scenario: switch profile during the load, e.g. --at 120:degraded (repeatable)")
+    p.add_argument("--stop", action="store_true", help="stop the background load of an incident scenario")
     p.set_defaults(func=_cmd_load)
 
     p = sub.add_parser("config", parents=[common], help="show or patch the backend knobs (live, no restart)")
@@ -188,6 +230,11 @@ def register(subparsers) -> None:
     p.add_argument("--from", dest="start", required=True, help="ISO 8601 UTC, 'now', or relative: -10m")
     p.add_argument("--to", dest="end", required=True, help="ISO 8601 UTC, 'now', or relative: +5m")
     p.add_argument("--out", required=True, help="bundle folder to create, e.g. fixtures/lab-d2")
+    p.add_argument("--snapshots-at", nargs=2, metavar=("START", "END"),
+                   help="take the .start and .end snapshots at these times (inside the window), not at its ends, "
+                        "e.g. both during the incident")
+    p.add_argument("--run", metavar="RUN_DIR",
+                   help="the runbook run that fixed the incident: its applied changes become the remediation events")
     p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("profile", parents=[common], help="switch a running lab to the degraded or healthy preset")

@@ -10,10 +10,14 @@ it is past: their ``taken_at`` says when they really were taken), the ``.end`` o
 reached. Waits are bounded by ``MAX_WAIT_S``. Events are the lab's event log (profile switches and
 knob patches, ``<state>/events.jsonl``) inside the window. The bundle is validated before it is kept.
 
-The snapshots can instead be taken at chosen moments inside the window (``snapshots_at``; on the command
-line ``python -m runbook_lib.lab.record ... --snapshots-at START END``), e.g. both during the incident
-when the window also holds a healthy baseline and the recovery: the root-cause step reads them as
-incident evidence. Signals are fetched once ``--to`` is reached, as without it.
+The snapshots can instead be taken at chosen moments inside the window (``--snapshots-at START END``),
+e.g. both during the incident when the window also holds a healthy baseline and the recovery: the
+root-cause step reads them as incident evidence. Signals are fetched once ``--to`` is reached.
+
+``--run RUN_DIR``: the runbook run that fixed the incident during the recording; the changes its audit
+log says were applied become the bundle's remediation events (instead of the lab's own log of config
+patches, which would mark the same changes twice). Phases are derived from the events: baseline up
+to the first deploy, incident up to the first remediation, recovery after the last one.
 """
 
 from __future__ import annotations
@@ -78,16 +82,46 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _events(state: Path, start: datetime, end: datetime) -> list[dict]:
+def _events(state: Path, start: datetime, end: datetime, run: Path | None = None) -> list[dict]:
+    """The lab's events in [start, end]; with ``run``, its applied changes replace the lab's remediation events."""
     f = state / EVENTS_FILE
-    if not f.exists():
-        return []
+    events = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+    if run is not None:
+        events = [e for e in events if e.get("kind") != "remediation"] + _run_events(run)
+    inside = [e for e in events if start <= datetime.fromisoformat(e["time"]) <= end]
+    return sorted(inside, key=lambda e: datetime.fromisoformat(e["time"]))
+
+
+def _run_events(run: Path) -> list[dict]:
+    """One remediation event per change the run's audit log says was applied (and changed something)."""
+    audit = run / "audit.jsonl"
+    if not audit.exists():
+        raise LabError(f"{display_path(audit)} does not exist", hint="--run names a run folder of 'runbook run'")
     out = []
-    for line in f.read_text().splitlines():
-        ev = json.loads(line)
-        if start <= datetime.fromisoformat(ev["time"]) <= end:
-            out.append(ev)
+    for line in audit.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("step") == "applied" and rec.get("changed", True):
+            t = datetime.fromisoformat(rec["ts"]).astimezone(UTC)
+            out.append({"time": t.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                        "label": f"runbook: {rec.get('title') or rec['action_id']}", "kind": "remediation"})
     return out
+
+
+def phases_from_events(events: list[dict], start: datetime, end: datetime) -> dict[str, list[datetime]]:
+    """baseline [start, first deploy], incident [first deploy, first remediation after it], recovery [last
+    remediation, end]; only the phases the events allow."""
+    def when(e: dict) -> datetime:
+        return datetime.fromisoformat(e["time"])
+
+    deploys = [when(e) for e in events if e["kind"] == "deploy"]
+    if not deploys:
+        return {}
+    deploy = deploys[0]
+    fixes = [when(e) for e in events if e["kind"] == "remediation" and when(e) > deploy]
+    phases = {"baseline": [start, deploy], "incident": [deploy, fixes[0] if fixes else end]}
+    if fixes and fixes[-1] < end:
+        phases["recovery"] = [fixes[-1], end]
+    return phases
 
 
 def _wait_until_time(t: datetime, what: str) -> None:
@@ -189,11 +223,11 @@ def _signals(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame
 
 
 def record(parameters: str | Path, start: datetime, end: datetime, out: str | Path, state: Path,
-           snapshots_at: tuple[datetime, datetime] | None = None) -> Path:
+           snapshots_at: tuple[datetime, datetime] | None = None, run: Path | None = None) -> Path:
     """Record a bundle into ``out`` (refused if it exists and is not empty). Returns the bundle folder.
 
     ``snapshots_at=(t0, t1)``: take the ``.start`` snapshots at t0 and the ``.end`` ones at t1 instead of
-    at ``start`` and ``end`` (``start <= t0 < t1 <= end``).
+    at ``start`` and ``end`` (``start <= t0 < t1 <= end``). ``run``: see the module's docstring.
     """
     from ..sources.fixture import FixtureBundle, Manifest
 
@@ -217,15 +251,17 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
         snaps.take("end")
         _wait_until_time(end, "--to")
         _signals(settings, start, end).to_csv(tmp / "signals.csv")
+        events = _events(state, start, end, Path(run) if run else None)
         manifest = Manifest(
             id=out.name, title=settings.incident.title,
             description=f"Recorded from {settings.source.url} ({settings.mode} mode), "
                         f"{start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')}.",
             provenance=f"recorded: runbook record -p {display_path(parameters)} --from {start.isoformat()} "
                        f"--to {end.isoformat()}"
-                       + (f", snapshots at {snap_start.isoformat()} and {snap_end.isoformat()}" if snapshots_at else ""),
-            step_seconds=settings.window.step_seconds, events=_events(state, start, end),
-            snapshots=snaps.refs)
+                       + (f", snapshots at {snap_start.isoformat()} and {snap_end.isoformat()}" if snapshots_at else "")
+                       + (f", events of run {display_path(run)}" if run else ""),
+            step_seconds=settings.window.step_seconds, events=events, snapshots=snaps.refs,
+            phases=phases_from_events(events, start, end))
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_defaults=False),
                                                         sort_keys=False))
         FixtureBundle(tmp).check()
@@ -235,37 +271,3 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m runbook_lib.lab.record``: ``runbook record`` plus ``--snapshots-at START END``."""
-    import argparse
-    import sys
-
-    from .stack import state_dir
-
-    p = argparse.ArgumentParser(prog="python -m runbook_lib.lab.record", description=main.__doc__)
-    p.add_argument("--state", help="lab state folder (default: $RUNBOOK_LAB_DIR or /tmp/runbook-lab-<hash>)")
-    p.add_argument("-p", "--parameters", default="parameters/lab.yaml")
-    p.add_argument("--from", dest="start", required=True, help="ISO 8601 UTC, 'now', or relative: -10m")
-    p.add_argument("--to", dest="end", required=True, help="ISO 8601 UTC, 'now', or relative: +5m")
-    p.add_argument("--snapshots-at", nargs=2, metavar=("START", "END"),
-                   help="take the .start and .end snapshots at these times (inside the window), not at its ends")
-    p.add_argument("--out", required=True, help="bundle folder to create")
-    args = p.parse_args(argv)
-    now = datetime.now(UTC)
-    start, end = parse_when(args.start, now), parse_when(args.end, now)
-    snaps = tuple(parse_when(t, now) for t in args.snapshots_at) if args.snapshots_at else None
-    print(f"recording {start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')}"
-          + (f", snapshots at {snaps[0].isoformat(timespec='seconds')} and {snaps[1].isoformat(timespec='seconds')}"
-             if snaps else "") + f" into {args.out}", flush=True)
-    try:
-        print(record(args.parameters, start, end, args.out, Path(args.state) if args.state else state_dir(), snaps))
-    except LabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

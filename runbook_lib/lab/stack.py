@@ -48,6 +48,7 @@ from ..settings import project_root
 from . import seed as seeding
 from .config import CONFIG_FILE, PROFILES, REDIS_MAXMEMORY, REDIS_POLICY, append_event, write_config
 from .errors import LabError, LabNotRunning
+from .scenario import load_status, stop_load
 from .supervisor import BACKEND_DIR, BACKEND_FILE, TARGETS_FILE, stop_backend
 
 LAB_FILE = "lab.json"
@@ -137,6 +138,7 @@ def status(state: Path | None = None) -> dict:
         out["components"]["backend"] = {"running": False}
     out["running"] = all(c["running"] for c in out["components"].values())
     out["partial"] = not out["running"] and any(c["running"] for c in out["components"].values())
+    out["load"] = load_status(state)  # the background load of `runbook lab load`, not part of "running"
     if (state / LAB_FILE).exists():
         lab = read_lab(state)
         out.update({k: lab.get(k) for k in ("profile", "scale", "seed", "started_at", "dsn", "redis_url")})
@@ -146,7 +148,7 @@ def status(state: Path | None = None) -> dict:
 def down(state: Path | None = None) -> list[str]:
     """Stop exactly what up started, by the PIDs in the state files. Returns what was stopped."""
     state = state or state_dir()
-    stopped = []
+    stopped = [f"load pid {p}" for p in stop_load(state)]
     if (state / BACKEND_DIR / BACKEND_FILE).exists():
         stopped += [f"backend pid {p}" for p in stop_backend(state)]
         _let_prometheus_see_the_backend_go(state)
@@ -326,8 +328,10 @@ def _apply_profile(state: Path, info: dict, profile: str) -> list[str]:
     return actions
 
 
-def apply_profile(profile: str, state: Path | None = None) -> list[str]:
-    """Switch a running lab to the degraded or healthy preset (indexes, Redis maxmemory, knobs)."""
+def apply_profile(profile: str, state: Path | None = None, event: tuple[str, str] | None = None) -> list[str]:
+    """Switch a running lab to the degraded or healthy preset (indexes, Redis maxmemory, knobs).
+
+    ``event``: (label, kind) for the timeline instead of the profile's own (PROFILE_EVENTS)."""
     if profile not in PROFILES:
         raise LabError(f"unknown profile {profile!r}", hint=f"one of {', '.join(PROFILES)}")
     state = state or state_dir()
@@ -335,5 +339,16 @@ def apply_profile(profile: str, state: Path | None = None) -> list[str]:
     actions = _apply_profile(state, info, profile)
     info["profile"] = profile
     _write_lab(state, info)
-    append_event(state, PROFILE_EVENTS[profile][0], PROFILE_EVENTS[profile][1])
+    append_event(state, *(event or PROFILE_EVENTS[profile]))
     return actions
+
+
+def parameters_for(template: str, state: Path | None = None) -> str:
+    """A parameters text (parameters/lab.yaml's) pointed at this lab's ports instead of the well-known ones:
+    for a lab on free ports (tests, benchmarks)."""
+    c = status(state)["components"]
+    if not all(c[k].get("running") for k in SERVERS):
+        raise LabNotRunning(f"the lab in {state or state_dir()} is not running")
+    return (template.replace(f"http://127.0.0.1:{PREFERRED_PORTS['prometheus']}", c["prometheus"]["url"])
+            .replace(f"port={PREFERRED_PORTS['postgres']}", f"port={c['postgres']['port']}")
+            .replace(f"redis://127.0.0.1:{PREFERRED_PORTS['redis']}/0", c["redis"]["url"]))

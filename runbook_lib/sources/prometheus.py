@@ -16,6 +16,7 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import requests
@@ -27,7 +28,8 @@ from urllib3.util.retry import Retry
 from ..errors import SourceError
 from ..redact import redact_text
 from ..settings import PrometheusSource as PrometheusSettings
-from .base import SignalSource
+from .base import Event, SignalSource, to_utc
+from .events import read_events_file
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,11 @@ class PrometheusSource(SignalSource):
     for the notebook to show; they are also logged.
     """
 
-    def __init__(self, settings: PrometheusSettings):
+    def __init__(self, settings: PrometheusSettings, events_file: Path | None = None,
+                 default_start: datetime | None = None):
         self.settings = settings
+        self.events_file = events_file
+        self.default_start = default_start
         self.url = settings.url.rstrip("/")
         self.queries: dict[str, str] = dict(settings.queries)
         self.description = f"prometheus {redact_text(self.url)}"
@@ -71,6 +76,15 @@ class PrometheusSource(SignalSource):
 
     def available(self) -> list[str]:
         return list(self.queries)
+
+    def events(self) -> list[Event]:
+        return read_events_file(self.events_file) if self.events_file else []
+
+    def default_range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """From ``default_start`` (lab mode: the last incident scenario's start) to now."""
+        if self.default_start is None:
+            return None
+        return to_utc(self.default_start).floor("s"), pd.Timestamp.now(tz="UTC").floor("s")
 
     # --- connection ------------------------------------------------------------------------------
 

@@ -1,0 +1,89 @@
+"""The README's lab flow, command for command: ``runbook lab up``, ``runbook lab load``, ``runbook run -p
+parameters/lab.yaml``, ``runbook lab down``. Smaller data, shorter phases and free ports (the only
+differences: a developer's lab may hold the well-known ports); ``runbook run`` stops after the root-cause
+notebook, so nothing is applied. The root cause must name the cache and the database from live data, the
+charts must carry the lab's events, and no process may survive ``lab down``, pass or fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runbook_lib.lab import stack
+from runbook_lib.services import kill_pid, pid_alive
+from runbook_lib.settings import project_root
+from tests.conftest import make_server_dir
+
+pytestmark = pytest.mark.slow
+
+ROOT = project_root()
+RUNBOOK = str(Path(sys.executable).with_name("runbook"))
+SCALE = "0.1"          # 10k users, 100k orders: the degraded endpoints are already ~5x slower
+# Each phase must give diagnose.window >= MIN_SEGMENT_POINTS (10) samples at lab.yaml's 5 s step, i.e. 50 s,
+# less the load's first seconds; the defaults (150 s + 180 s) are for a human, these keep the test near 3 minutes.
+BASELINE_S = "60"
+INCIDENT_S = "60"
+COMMAND_TIMEOUT_S = 600
+
+
+def runbook(*args: str, env: dict) -> str:
+    r = subprocess.run([RUNBOOK, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"runbook {' '.join(args)} exited {r.returncode}: {r.stderr[-2000:]}"
+    return r.stdout
+
+
+def _pids(state: Path) -> dict[str, int]:
+    st = stack.status(state)
+    pids = {k: c["pid"] for k, c in st["components"].items() if "pid" in c}
+    pids.update({f"replica{i}": p for i, p in enumerate(st["components"]["backend"].get("replicas", []))})
+    if st.get("load"):
+        pids["load"] = st["load"]["pid"]
+    return pids
+
+
+def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
+    folder = make_server_dir("labflow")
+    state = folder / "lab"
+    env = {**os.environ, "RUNBOOK_LAB_DIR": str(state)}
+    seen: dict[str, int] = {}
+    try:
+        runbook("lab", "up", "--scale", SCALE, "--ports", "free", env=env)
+        out = runbook("lab", "load", "--baseline", BASELINE_S, "--incident", INCIDENT_S, env=env)
+        seen.update(_pids(state))
+        assert "the incident is live" in out and "incident:" in out  # progress lines of both phases
+        load = stack.status(state)["load"]
+        assert load["running"], "the load must go on in the background for the runbook's own steps"
+
+        params = folder / "lab.yaml"
+        params.write_text(stack.parameters_for((ROOT / "parameters" / "lab.yaml").read_text(), state))
+        run = Path(runbook("run", "-p", str(params), "--out", str(tmp_path / "run"), "--only", "01", "02",
+                           "--no-export", env=env).strip())
+
+        symptoms = json.loads((run / "symptoms.json").read_text())
+        window = symptoms["window"]
+        assert window["ratio"] >= 2, f"p95 should at least double in the incident: {window}"
+        findings = json.loads((run / "findings.json").read_text())
+        verdict = {h["category"]: h for h in findings["hypotheses"]}
+        for cause in ("cache", "database"):
+            assert not verdict[cause]["disproved"] and verdict[cause]["confidence"] >= 0.5, verdict[cause]
+        live = {e["check"] for e in verdict["cache"]["evidence"]}
+        assert any("INFO" in check for check in live), "the cache verdict must use Redis's own counters"
+        assert verdict["application"]["disproved"] or verdict["application"]["confidence"] < 0.5
+
+        figures = " ".join(p.read_text() for p in (run / "figures").glob("01-*.json"))
+        assert "degraded profile" in figures, "the deploy from the lab's events.jsonl must mark the charts"
+    finally:
+        seen.update(_pids(state))
+        subprocess.run([RUNBOOK, "lab", "down"], check=False, cwd=ROOT, env=env, capture_output=True, timeout=120)
+        survivors = {name: pid for name, pid in seen.items() if pid_alive(pid)}
+        for pid in survivors.values():
+            kill_pid(pid, str(state))
+        shutil.rmtree(folder, ignore_errors=True)
+        assert not survivors, f"processes survived lab down: {survivors}"
