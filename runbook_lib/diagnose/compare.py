@@ -2,7 +2,7 @@
 
 For each signal: medians before (the incident) and after (the recovery), the after/before ratio,
 a two-sided Mann-Whitney U test, and a verdict. A signal passes when it is back within the SLO
-(for SLO signals) or, for the others, within TOLERANCE of its pre-incident baseline.
+(for SLO signals) or, for the others, within TOLERANCE of its pre-incident baseline or better than it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def slo_targets(slo) -> dict[str, tuple[str, float]]:
 
 
 NO_AFTER = "no data after the change"
+# Past the tolerance on the good side (e.g. lower CPU once the database stops scanning): not a failure.
+BETTER = "better than baseline"
 
 
 def compare(df: pd.DataFrame, baseline: tuple, before: tuple, after: tuple | None, slo) -> pd.DataFrame:
@@ -61,7 +63,9 @@ def compare(df: pd.DataFrame, baseline: tuple, before: tuple, after: tuple | Non
         else:
             row["target"] = f"baseline +/- {TOLERANCE:.0%}"
             near = abs(row["after"] - row["baseline"]) <= TOLERANCE * abs(row["baseline"]) if row["baseline"] else True
-            row["verdict"] = "back to baseline" if near else "differs from baseline"
+            lower = row["after"] < row["baseline"]
+            better = lower if CATALOG[name].higher_is_worse else not lower
+            row["verdict"] = "back to baseline" if near else (BETTER if better else "differs from baseline")
         rows.append(row)
     return pd.DataFrame(rows).set_index("signal")
 
@@ -72,7 +76,7 @@ def overall(table: pd.DataFrame, after_from: str = "") -> dict:
         return {"fixed": False, "validated": False, "score": 0.0, "failing": [],
                 "verdict": f"NOT VALIDATED YET: {after_from or NO_AFTER}"}
     slo_rows = table[table["target"].str.startswith(("<=", ">="))]
-    ok = table["verdict"].isin(["meets SLO", "back to baseline"])
+    ok = table["verdict"].isin(["meets SLO", "back to baseline", BETTER])
     fixed = bool(len(slo_rows) and (slo_rows["verdict"] == "meets SLO").all())
     return {"fixed": fixed, "validated": True, "score": round(100 * float(ok.mean()), 1),
             "failing": list(table.index[~ok]), "after_from": after_from,
