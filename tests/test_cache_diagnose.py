@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import redis
@@ -76,19 +78,151 @@ def test_app_cache_deltas_counts_a_restart_from_zero():
     assert d["hit_ratio"] == pytest.approx(50 / 80)
 
 
-def test_ttl_formula_and_staleness_cap():
-    keys = pd.DataFrame({"key": [f"api:users::page=1:{17900000000 + i * 30}" for i in range(5)],
-                         "ttl_s": [5] * 5})  # one logical key re-requested every 3.0 s
-    r = rec.recommend_ttl(keys, current_ttl_s=5, target=0.8)
-    assert r["reuse_interval_s"] == pytest.approx(3.0) and r["needed_s"] == pytest.approx(15.0)
-    assert r["recommended_s"] == 15 and any("1 - 0.80" in w for w in r["reasoning"])
-    slow = keys.assign(key=[f"api:users::page=1:{17900000000 + i * 1200}" for i in range(5)])  # every 120 s
-    assert rec.recommend_ttl(slow, 5, 0.8, max_staleness_s=300)["recommended_s"] == 300
-    # most requests are for keys seen once (their interval is longer than the keys live): staleness bound
-    tail = pd.concat([keys, pd.DataFrame({"key": [f"api:users::page={p}:17900000000" for p in range(2, 12)],
-                                          "ttl_s": [5] * 10})])
-    r = rec.recommend_ttl(tail, 5, 0.8, max_staleness_s=300)
-    assert r["recommended_s"] == 300 and r["reuse_interval_s"] is None and "not measurable" in r["reasoning"][1]
+def test_hit_ratio_formulas_by_hand():
+    # one key at 0.5 requests/s, TTL 10 s: 5 / (1 + 5)
+    assert rec.steady_hit_ratio(0.5, 0.0, 1, 10) == pytest.approx(5 / 6)
+    # two equally popular keys sharing 2 requests/s (1/s each), TTL 4 s: 4 / 5 each, each cached 4/5 of the time
+    assert rec.steady_hit_ratio(2.0, 0.0, 2, 4) == pytest.approx(0.8)
+    assert rec.cached_keys(2.0, 0.0, 2, 4) == pytest.approx(1.6)
+    # Zipf exponent 1 over 2 keys sharing 3/s: weights 1 and 1/2, so 2/s and 1/s; TTL 1 s: 2/3 and 1/2 hit
+    assert rec.steady_hit_ratio(3.0, 1.0, 2, 1) == pytest.approx((2 * 2 / 3 + 1 * 1 / 2) / 3)
+    assert rec.cached_keys(3.0, 1.0, 2, 1) == pytest.approx(2 / 3 + 1 / 2)
+    # from an empty cache, 1 s after the fix: a key was asked for since with 1 - e^(-λt)
+    assert rec.fill_hit_ratio(3.0, 1.0, 2, 1) == pytest.approx((2 * (1 - math.exp(-2)) + 1 * (1 - math.exp(-1))) / 3)
+
+
+def test_binned_ranks_agree_with_the_sum_over_every_key():
+    rate, s, n = 4.5, 1.1, 1_000_000
+    w = np.arange(1, n + 1, dtype=float) ** -s
+    lam = rate * w / w.sum()  # every key, one by one
+    for ttl in (300, 1800):
+        x = lam * ttl
+        exact = float((lam * x / (1 + x)).sum() / rate)
+        assert rec.steady_hit_ratio(rate, s, n, ttl) == pytest.approx(exact, abs=2e-4)
+        assert rec.cached_keys(rate, s, n, ttl) == pytest.approx(float((x / (1 + x)).sum()), rel=2e-3)
+    assert len(rec.key_rates(rate, s, n)[0]) < 1000  # binned beyond rank EXACT_RANKS
+
+
+def test_poisson_rate_range_is_where_the_likelihood_drops_by_1_92():
+    lo, hi = rec.poisson_rate_range(5)
+    assert lo == pytest.approx(1.793, abs=1e-3) and hi == pytest.approx(10.745, abs=1e-3)
+    top = 5 * math.log(5) - 5
+    for mu in (lo, hi):
+        assert 5 * math.log(mu) - mu == pytest.approx(top - rec.LIKELIHOOD_DROP)
+
+
+def _names(times_s: list[float], logical: str) -> list[str]:
+    """Lab-style single-use key names: the logical key plus the request time in deciseconds."""
+    return [f"{logical}:{round(t * 10)}" for t in times_s]
+
+
+def test_one_key_at_a_known_rate_gets_the_ttl_worked_out_by_hand():
+    # one key requested every second for 100 s: 101 requests, 100 gaps over 100 s -> 1 request/s
+    names = _names([1_790_000_000 + i for i in range(101)], "api:users::page=1")
+    r = rec.recommend_ttl(None, current_ttl_s=5, target=0.9, names=names)
+    lo = rec.poisson_rate_range(101)[0] / 101  # the low end of the rate: 0.8175/s
+    assert lo == pytest.approx(0.8175, abs=1e-4)
+    # fitted: 10 s -> 10 / 11 = 90.9% reaches 90%, but at the low end 8.17 / 9.17 = 89.1% does not; 15 s does
+    assert r["predicted_hit_ratio"]["10"] == pytest.approx({"fit": 0.9091, "low": 0.8910, "high": r["predicted_hit_ratio"]["10"]["high"]}, abs=1e-4)
+    assert r["predicted_hit_ratio"]["15"]["low"] == pytest.approx(15 * lo / (1 + 15 * lo), abs=1e-4)
+    assert r["needed_s"] == 15 and r["recommended_s"] == 15 and r["reuse_interval_s"] == pytest.approx(1.0)
+    assert any("15 s is the shortest round TTL reaching 90%" in w for w in r["reasoning"])
+    assert r["model"]["families"][0]["keys"] == 1 and r["model"]["rate_per_s"] == pytest.approx(1.0)
+    # the staleness bound caps it, and says what the target would need
+    capped = rec.recommend_ttl(None, 5, 0.9, max_staleness_s=10, names=names)
+    assert capped["recommended_s"] == 10 and capped["needed_s"] == 15
+    assert any("no TTL up to the staleness bound (10 s) reaches 90%" in w and "90% needs 15 s" in w
+               for w in capped["reasoning"])
+    # a longer current TTL is kept
+    assert rec.recommend_ttl(None, 60, 0.9, names=names)["recommended_s"] == 60
+
+
+def test_zipf_family_with_known_rates_is_fitted_and_extrapolated_past_the_window():
+    """2,000 keys, Zipf exponent 1.0, 10 requests/s, plus one key at 1 request/s, watched for 600 s: the
+    fitted law covers the truth, and so does the predicted hit ratio at TTLs up to 3x the window."""
+    rng = np.random.default_rng(7)
+    n_keys, s, rate, window = 2000, 1.0, 10.0, 600.0
+    w = np.arange(1, n_keys + 1, dtype=float) ** -s
+    p = w / w.sum()
+    t0 = 1_790_000_000
+    n = rng.poisson(rate * window)
+    times = np.sort(rng.uniform(0, window, n))
+    ranks = rng.choice(n_keys, size=n, p=p) + 1
+    names = [f"api:users::page={k}:{round((t0 + t) * 10)}" for k, t in zip(ranks, times, strict=True)]
+    names += _names([t0 + i for i in range(int(window) + 1)], "api:dashboard::")
+    r = rec.recommend_ttl(None, 5, target=0.85, names=names)
+    fam = {f["pattern"]: f for f in r["model"]["families"]}
+    pages = fam["api:users::page={n}"]
+    assert pages["zipf_exponent"] == pytest.approx(s, abs=0.1)
+    assert pages["exponent_range"][0] <= s <= pages["exponent_range"][1]
+    step = 10 ** (1 / rec.SIZES_PER_DECADE)  # family sizes are tried 33% apart
+    assert pages["keys_range"][0] / step <= n_keys <= pages["keys_range"][1] * step
+    assert fam["api:dashboard::"]["keys"] == 1 and fam["api:dashboard::"]["rate_per_s"] == pytest.approx(1.0, abs=0.01)
+
+    def truth(ttl):  # the true rates, every key
+        lam = rate * p
+        x = lam * ttl
+        pages_hit = float((lam * x / (1 + x)).sum())
+        return (pages_hit + 1.0 * ttl / (1 + ttl)) / (rate + 1.0)
+
+    for ttl in ("300", "900", "1800"):
+        pred = r["predicted_hit_ratio"][ttl]
+        assert pred["low"] <= truth(float(ttl)) <= pred["high"], (ttl, pred, truth(float(ttl)))
+        assert pred["fit"] == pytest.approx(truth(float(ttl)), abs=0.02)
+    # the choice: the shortest round TTL whose low end reaches the target
+    low = {float(t): v["low"] for t, v in r["predicted_hit_ratio"].items()}
+    want = min(t for t, v in low.items() if v >= 0.85)
+    assert r["recommended_s"] == want and all(v < 0.85 for t, v in low.items() if t < want)
+    table = next(x for x in r["reasoning"] if x.startswith("predicted steady hit ratio by TTL"))
+    assert f"{want:g} s {r['predicted_hit_ratio'][f'{want:g}']['fit']:.1%}" in table
+    assert r["predicted"]["ttl_s"] == want and set(r["predicted_by_family"]) == set(fam)
+
+
+def test_requests_without_a_second_version_or_a_timestamp_leave_the_bound():
+    once = [f"api:users::page={p}:17900000000" for p in range(1, 12)]  # every key seen once
+    r = rec.recommend_ttl(None, 5, 0.85, max_staleness_s=300, names=once)
+    assert r["recommended_s"] == 300 and r["model"] is None and r["predicted_hit_ratio"] == {}
+    assert "no logical key appears twice" in r["reasoning"][0]
+    plain = pd.DataFrame({"key": ["user:1", "user:2"], "ttl_s": [60, 60]})
+    r = rec.recommend_ttl(plain, None, 0.85, max_staleness_s=300)
+    assert r["recommended_s"] == 300 and "no key name carries a timestamp" in r["reasoning"][0]
+
+
+def test_a_flat_family_is_fitted_flat():
+    # 20 keys with 10 versions each, 20 s apart (the live keyspace below): every key equally popular
+    keys = pd.DataFrame({"key": [f"api:users::limit=25&page={p}:{17_900_000_000 - v * 200}"
+                                 for p in range(1, 21) for v in range(10)]})
+    r = rec.recommend_ttl(keys, 5, 0.85)
+    f = r["model"]["families"][0]
+    assert f["zipf_exponent"] == 0.0 and f["keys"] == 20 and f["keys_range"][0] == 20 and f["keys_range"][1] <= 21
+    # 200 requests over 180 s x 200/199: 1.106/s, 0.0553/s per key; 120 s: 6.63 / 7.63 = 86.9%
+    lam = 200 / (180 * 200 / 199) / 20
+    assert r["predicted_hit_ratio"]["120"]["fit"] == pytest.approx(120 * lam / (1 + 120 * lam), abs=1e-4)
+    # at the low end of the range (173.6 of the 200 requests' rate, a 21st key never seen) 120 s gives 84.6%:
+    # under 85%, so 180 s
+    lo = rec.poisson_rate_range(200)[0] / (180 * 200 / 199)
+    assert r["predicted_hit_ratio"]["120"]["low"] == pytest.approx(rec.steady_hit_ratio(lo, 0.0, 21, 120), abs=1e-4)
+    assert r["predicted_hit_ratio"]["120"]["low"] < 0.85 <= r["predicted_hit_ratio"]["180"]["low"]
+    assert r["recommended_s"] == 180
+
+
+def test_memory_follows_the_ttl_through_the_fitted_rates():
+    flat = pd.DataFrame({"key": [f"api:users::limit=25&page={p}:{17_900_000_000 - v * 200}"
+                                 for p in range(1, 21) for v in range(10)]})
+    flat["memory_bytes"] = 2_000_000  # 2 MB per page
+    flat["ttl_s"] = 5
+    model = rec.popularity_model(flat["key"])
+    deltas = {"misses": 200, "seconds": 180.0, "evicted_per_s": 0.0, "expired_per_s": 1.0}
+    info = {"maxmemory": 2 * 2**20, "used_memory": 2**20, "used_memory_overhead": 2**20}
+    short, long_ = (rec.recommend_memory(info, deltas, flat, ttl, model=model) for ttl in (10, 1800))
+    for m, ttl in ((short, 10), (long_, 1800)):
+        live = model.cached_keys(ttl)
+        assert m["entries"] == pytest.approx(live["high"]) and live["high"] >= live["fit"]
+        assert m["working_set_bytes"] == pytest.approx(live["high"] * 2_000_000)
+        need = m["working_set_bytes"] * rec.MEMORY_HEADROOM + 2**20
+        assert m["recommended_bytes"] == 2 ** math.ceil(math.log2(math.ceil(need / 2**20))) * 2**20
+    assert long_["entries"] > short["entries"] and long_["recommended_bytes"] > short["recommended_bytes"]
+    assert any("λT/(1+λT)" in w for w in long_["reasoning"])
 
 
 def test_memory_findings_flag_each_misconfiguration():
@@ -166,7 +300,9 @@ def test_live_keyspace_is_diagnosed_with_the_right_figures_and_nothing_is_writte
     assert [(c["second"], c["keys"]) for c in ex["clusters"]] == [(ks.cluster_at, SESSIONS)]
 
     ttl_rec = report["recommendations"]["ttl"]
-    assert ttl_rec["reuse_interval_s"] == pytest.approx(20.0) and ttl_rec["recommended_s"] == 120
+    # the 20 pages are asked for every 20 s each: 120 s fits 86.9%, 180 s reaches 85% at the low end too
+    assert ttl_rec["reuse_interval_s"] == pytest.approx(20.0) and ttl_rec["recommended_s"] == 180
+    assert ttl_rec["predicted_hit_ratio"]["120"]["fit"] == pytest.approx(0.869, abs=0.002)
     assert report["recommendations"]["key_scheme"]["recommended"] == "normalized"
     problems = set(report["problems"])
     assert {"Redis hit ratio over the window (INFO deltas)", "same parameters in different orders",

@@ -67,7 +67,8 @@ def register(subparsers) -> None:
     p.add_argument("--redis", required=True, metavar="URL", help="redis://host:port/db (no password in it)")
     p.add_argument("--password-env", metavar="NAME", help="environment variable holding the Redis password")
     p.add_argument("--window", type=float, default=DEFAULT_WINDOW_S, metavar="SECONDS",
-                   help="seconds between the two INFO snapshots (default: %(default)s)")
+                   help="seconds between the two INFO snapshots; the TTL prediction extrapolates the requests "
+                        "seen in it, and its range narrows with minutes of traffic (default: %(default)s)")
     p.add_argument("--sample", type=int, default=SAMPLE_SIZE, metavar="N",
                    help="keys to sample with SCAN (default: %(default)s)")
     p.add_argument("--watch", type=float, default=WATCH_EVERY_S, metavar="SECONDS",
@@ -82,9 +83,11 @@ def register(subparsers) -> None:
     p.add_argument("--lab", action="store_true", help="read the app settings from the running lab's config")
     p.add_argument("--lab-state", metavar="DIR", help="lab state folder (default: the lab's)")
     p.add_argument("--target-hit-ratio", type=float, default=TARGET_HIT_RATIO,
-                   help="hit ratio the TTL is sized for (default: %(default)s)")
+                   help="steady hit ratio the TTL is sized for, at the low end of the prediction's range "
+                        "(default: %(default)s)")
     p.add_argument("--max-staleness", type=float, default=MAX_STALENESS_S, metavar="SECONDS",
-                   help="longest TTL to recommend (default: %(default)s)")
+                   help="how old a cached response may be (a product decision): the longest TTL to recommend "
+                        "(default: %(default)s)")
     p.set_defaults(func=run)
 
 
