@@ -73,6 +73,8 @@ class CacheWarm(Action):
         return self.inputs.source_url or "<lab backend URL>"
 
     def plan(self) -> Plan:
+        from ..cache.warm import TTL_JITTER
+
         i = self.inputs
         rank = (f"the {len(i.keys)} given keys" if i.keys else
                 f"SCAN a sample of {i.sample_size} keys (read-only); rank logical keys by sampled versions"
@@ -82,7 +84,8 @@ class CacheWarm(Action):
                     commands=[rank,
                               (f"per key, {i.concurrency} at a time: skip if EXISTS; SET warm:lock:<key> <token> NX "
                                f"PX {i.lock_ttl_ms}; GET {self._source_desc()}<path of key>; SET <key> <body> EX "
-                               f"{ttl} (minus up to 10% jitter) NX; release the lock (compare-and-delete)")],
+                               f"{ttl} (minus up to {TTL_JITTER:.0%} jitter) NX; release the lock "
+                               "(compare-and-delete)")],
                     captures=["nothing: warming only adds entries that expire with their TTL"],
                     rollback_commands=[], reversible=self.reversible, risk=self.risk)
 
