@@ -35,7 +35,16 @@ def _requests(signals: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> 
     return float(seg.mean() * (end - start).total_seconds()) if len(seg) else float("nan")
 
 
-def from_bundle(source: FixtureSource, signals: pd.DataFrame) -> tuple[Snapshots, dict]:
+def cache_plan(info_start: dict, info_end: dict, keys: pd.DataFrame, app_config: dict | None, target: float,
+               names: list[str] | None = None) -> dict:
+    """The measured cache recommendation (TTL, maxmemory, policy, key scheme) for the SLO's hit ratio."""
+    from .cache.recommend import recommend
+
+    return recommend(info_end, cache_dx.window_deltas(info_start, info_end), keys, app_config, target=target,
+                     names=names)
+
+
+def from_bundle(source: FixtureSource, signals: pd.DataFrame, target: float) -> tuple[Snapshots, dict]:
     b = source.bundle
     refs = b.manifest.snapshots
     start = pd.Timestamp(refs["pg_stat_statements.start"].taken_at)
@@ -53,6 +62,8 @@ def from_bundle(source: FixtureSource, signals: pd.DataFrame) -> tuple[Snapshots
         keys=b.snapshot("redis_keys"),
         app_config=b.snapshot("app_config") if b.has_snapshot("app_config") else None,
     )
+    snap.cache_plan = cache_plan(b.snapshot("redis_info.start"), b.snapshot("redis_info.end"), snap.keys,
+                                 snap.app_config, target)
     meta = {"window": {"start": start.isoformat(), "end": end.isoformat()}, "requests": requests,
             "from": source.description, "missing": []}
     return snap, meta
@@ -81,7 +92,9 @@ def _redis(settings: Settings, window_s: float):
                                app_config=_app_config(settings))
     finally:
         client.close()
-    return {**report.hypothesis_snapshots(snap), "keys": snap.keys}
+    plan = cache_plan(snap.info_start, snap.info_end, snap.keys, snap.app_config, settings.slo.cache_hit_ratio,
+                      snap.seen_keys or None)
+    return {**report.hypothesis_snapshots(snap), "keys": snap.keys, "cache_plan": plan}
 
 
 def _app_config(settings: Settings) -> dict | None:
@@ -100,7 +113,7 @@ def gather(settings: Settings, source, signals: pd.DataFrame,
            window_s: float = LIVE_WINDOW_S) -> tuple[Snapshots, dict]:
     """Snapshots for the root-cause step, and a note of where they came from and what is missing."""
     if isinstance(source, FixtureSource):
-        return from_bundle(source, signals)
+        return from_bundle(source, signals, settings.slo.cache_hit_ratio)
     snap, meta = Snapshots(), {"window": None, "requests": None, "from": source.description, "missing": []}
     print(f"taking PostgreSQL and Redis snapshots {window_s:.0f} s apart ...", flush=True)
     jobs = {}

@@ -139,6 +139,22 @@ def findings_payload(hyps: list[Hypothesis], candidates: list[dict], snap: Snaps
         out["statements"] = _records(snap.statements)
     if snap.redis is not None:
         out["redis"] = snap.redis
+    if snap.cache_plan is not None:
+        out["cache_plan"] = snap.cache_plan
+    return out
+
+
+def cache_plan_lines(findings: dict) -> list[str]:
+    """The cache recommendation's reasoning, for a reader to check by hand (02, 04)."""
+    plan = findings.get("cache_plan")
+    if not plan:
+        return ["No cache recommendation: no Redis evidence (04 falls back to the seed incident's TTL and memory)."]
+    out = []
+    for part, what in (("ttl", "TTL"), ("memory", "maxmemory"), ("policy", "eviction policy"), ("key_scheme", "keys")):
+        rec = plan[part]
+        value = f"{rec['recommended_s']:g} s" if part == "ttl" else str(rec["recommended"])
+        out.append(f"{what}: {value}")
+        out += [f"    {line}" for line in rec["reasoning"]]
     return out
 
 
@@ -177,7 +193,7 @@ def impact(findings: dict) -> list[impact_dx.PlannedAction]:
     if findings.get("statements"):
         statements = pd.DataFrame(findings["statements"]).set_index("queryid")
     return impact_dx.propose(hyps, statements, findings.get("app_config"), findings.get("index_candidates", []),
-                             findings.get("redis"))
+                             findings.get("redis"), findings.get("cache_plan"))
 
 
 def impact_conclusion(actions: list[impact_dx.PlannedAction]) -> str:

@@ -13,7 +13,7 @@ from runbook_lib.settings import Slo, load_settings
 from runbook_lib.sources.fixture import FixtureSource
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = ROOT / "fixtures" / "d2-latency"
+BUNDLE = ROOT / "fixtures" / "d2-synthetic"
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +173,44 @@ def test_zero_baseline_and_warm_up_excursion():
     assert table.loc["error_ratio", "changed"] and table.loc["error_ratio", "worse"]
     assert table.loc["latency_p95_ms", "onset"] == idx[80]
     assert table.loc["error_ratio", "onset"] == idx[90]
+
+
+def _supported_cache() -> list:
+    from runbook_lib.diagnose.hypotheses import Evidence, Hypothesis
+
+    return [Hypothesis("cache", "t", "s", "d", [Evidence("hit ratio fell", "80% -> 1%", True, 3)])]
+
+
+def test_cache_actions_take_the_measured_recommendation():
+    from runbook_lib.diagnose.impact import DEFAULT_REDIS, DEFAULT_TTL_S, propose
+
+    plan = {"ttl": {"recommended_s": 1800.0, "current_s": 5.0, "reasoning": ["...", "recommended 1800 s"]},
+            "memory": {"recommended": "64mb", "recommended_bytes": 64 * 2**20, "current_bytes": 2 * 2**20,
+                       "reasoning": ["...", "rounded up to a power of two: 64 MiB"]},
+            "policy": {"recommended": "allkeys-lru", "current": "allkeys-lru", "reasoning": ["kept"]}}
+    acts = {a.id: a for a in propose(_supported_cache(), None, {"cache_ttl_s": 5}, [], None, plan)}
+    assert acts["app-cache-ttl"].inputs == {"cache_ttl_s": 1800.0} and "1800 s" in acts["app-cache-ttl"].title
+    assert acts["redis-maxmemory"].inputs == {"maxmemory": "64mb"}  # the policy is kept: not changed
+    assert acts["cache-warm"].depends_on == ["app-cache-keys", "app-cache-ttl", "redis-maxmemory"]
+    # a TTL already right and memory already enough: no action for either
+    plan["ttl"]["current_s"], plan["memory"]["current_bytes"] = 1800.0, 64 * 2**20
+    acts = {a.id: a for a in propose(_supported_cache(), None, {"cache_ttl_s": 1800}, [], None, plan)}
+    assert set(acts) == {"app-cache-keys", "cache-warm"} and acts["cache-warm"].depends_on == ["app-cache-keys"]
+    # no Redis evidence: the seed incident's values, said so
+    acts = {a.id: a for a in propose(_supported_cache(), None, {"cache_ttl_s": 5}, [], None, None)}
+    assert acts["app-cache-ttl"].inputs == {"cache_ttl_s": DEFAULT_TTL_S} and "seed incident" in acts["app-cache-ttl"].reason
+    assert acts["redis-maxmemory"].inputs == DEFAULT_REDIS
+
+
+def test_an_index_walk_that_reads_pages_for_nothing_is_a_candidate_without_seq_scans():
+    q = "SELECT id FROM orders WHERE user_id = $1 AND created_at >= $2 ORDER BY created_at DESC LIMIT $3"
+    none = pd.DataFrame(columns=["tablename", "indexname", "indexdef", "valid"])
+
+    def stmts(blocks: float, share: float) -> pd.DataFrame:
+        return pd.DataFrame([{"query": q, "time_share": share, "rows": 1_000, "shared_blks_hit": blocks,
+                              "shared_blks_read": 0.0}])
+
+    (c,) = index_candidates.candidates(stmts(1_040_000, 0.87), [], none)  # 1,040 pages per row
+    assert c["columns"] == ["user_id", "created_at"] and "1,040 buffer pages per row" in c["reason"]
+    assert index_candidates.candidates(stmts(5_000, 0.87), [], none) == []  # 5 pages per row: a fine lookup
+    assert index_candidates.candidates(stmts(1_040_000, 0.01), [], none) == []  # wasteful but negligible

@@ -74,6 +74,7 @@ class Snapshots:
     key_patterns: pd.DataFrame | None = None
     keys: pd.DataFrame | None = None  # the key sample itself (key, type, ttl_s, memory_bytes)
     app_config: dict | None = None
+    cache_plan: dict | None = None  # cache.recommend.recommend: TTL, maxmemory, policy with the reasoning
 
 
 def _fmt_ratio(r: float) -> str:

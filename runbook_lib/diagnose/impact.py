@@ -54,30 +54,59 @@ def _memory_reason(redis: dict | None) -> str:
             f"({redis['maxmemory_policy']}), {redis['evicted_per_s']:.1f} evictions/s; a longer TTL keeps more keys")
 
 
+# Without a recommendation computed from Redis evidence (cache.recommend), the seed incident's fix.
+DEFAULT_TTL_S = 300
+DEFAULT_REDIS = {"maxmemory": "512mb", "maxmemory-policy": "allkeys-lru"}
+
+
+def _cache_values(cfg: dict, cache_plan: dict | None, redis: dict | None) -> tuple[dict, dict]:
+    """(TTL, Redis) inputs and reasons: from the measured recommendation when there is one."""
+    if not cache_plan:
+        return ({"inputs": {"cache_ttl_s": DEFAULT_TTL_S}, "title": f"Raise the response cache TTL to {DEFAULT_TTL_S} s",
+                 "reason": f"TTL is {cfg.get('cache_ttl_s', '?')} s, shorter than the reuse interval of hot keys "
+                           "(no key sample to size it: the seed incident's value)"},
+                {"inputs": dict(DEFAULT_REDIS), "reason": _memory_reason(redis)})
+    ttl, mem, pol = cache_plan["ttl"], cache_plan["memory"], cache_plan["policy"]
+    ttl_s = ttl["recommended_s"]
+    redis_inputs = {}
+    if mem["recommended_bytes"] != mem["current_bytes"]:
+        redis_inputs["maxmemory"] = mem["recommended"]
+    if pol["recommended"] != pol["current"]:
+        redis_inputs["maxmemory-policy"] = pol["recommended"]
+    return ({"inputs": {"cache_ttl_s": ttl_s}, "title": f"Set the response cache TTL to {ttl_s:g} s",
+             "reason": ttl["reasoning"][-1] + " (see 02: cache plan)", "unchanged": ttl_s == ttl["current_s"]},
+            {"inputs": redis_inputs, "reason": "; ".join([mem["reasoning"][-1], *pol["reasoning"][-1:]])})
+
+
 def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config: dict | None,
-            index_candidates: list[dict], redis: dict | None = None) -> list[PlannedAction]:
+            index_candidates: list[dict], redis: dict | None = None,
+            cache_plan: dict | None = None) -> list[PlannedAction]:
     """Actions for every supported hypothesis. ``index_candidates``: [{table, columns, reason}];
-    ``redis``: the INFO deltas of the window (for the memory action's reason)."""
+    ``redis``: the INFO deltas of the window (for the memory action's reason); ``cache_plan``: the
+    recommendation of ``cache.recommend.recommend`` (TTL, maxmemory, policy sized from the evidence)."""
     by = {h.category: h for h in hyps if not h.disproved}
     cfg = app_config or {}
     out: list[PlannedAction] = []
     if "cache" in by:
         h = by["cache"]
-        out += [
-            PlannedAction("app-cache-keys", "immediate", "Normalize cache keys (drop timestamp and cache-buster parts)",
-                          "cache", "app.config", {"cache_key_scheme": "normalized"}, _gain(h, 0.45), 0.25, "low",
-                          "most sampled keys are single-use; normalized keys are reused across requests"),
-            PlannedAction("app-cache-ttl", "immediate", "Raise the response cache TTL to 300 s", "cache", "app.config",
-                          {"cache_ttl_s": 300}, _gain(h, 0.2), 0.25, "low",
-                          f"TTL is {cfg.get('cache_ttl_s', '?')} s, shorter than the reuse interval of hot keys"),
-            PlannedAction("redis-maxmemory", "immediate", "Give Redis room for the working set and evict by LRU",
-                          "cache", "redis.config_set", {"maxmemory": "512mb", "maxmemory-policy": "allkeys-lru"},
-                          _gain(h, 0.1), 0.25, "low", _memory_reason(redis)),
-            PlannedAction("cache-warm", "immediate", "Warm the most requested keys", "cache", "cache.warm",
-                          {"top_n": 5000}, _gain(h, 0.05), 0.5, "low",
-                          "avoids a cold-cache stampede right after the key change",
-                          depends_on=["app-cache-keys", "app-cache-ttl", "redis-maxmemory"]),
-        ]
+        ttl, mem = _cache_values(cfg, cache_plan, redis)
+        out.append(PlannedAction("app-cache-keys", "immediate",
+                                 "Normalize cache keys (drop timestamp and cache-buster parts)", "cache", "app.config",
+                                 {"cache_key_scheme": "normalized"}, _gain(h, 0.45), 0.25, "low",
+                                 "most sampled keys are single-use; normalized keys are reused across requests"))
+        deps = ["app-cache-keys"]
+        if not ttl.get("unchanged"):
+            out.append(PlannedAction("app-cache-ttl", "immediate", ttl["title"], "cache", "app.config", ttl["inputs"],
+                                     _gain(h, 0.2), 0.25, "low", ttl["reason"]))
+            deps.append("app-cache-ttl")
+        if mem["inputs"]:
+            out.append(PlannedAction("redis-maxmemory", "immediate", "Give Redis room for the working set",
+                                     "cache", "redis.config_set", mem["inputs"], _gain(h, 0.1), 0.25, "low",
+                                     mem["reason"]))
+            deps.append("redis-maxmemory")
+        out.append(PlannedAction("cache-warm", "immediate", "Warm the most requested keys", "cache", "cache.warm",
+                                 {"top_n": 5000}, _gain(h, 0.05), 0.5, "low",
+                                 "avoids a cold-cache stampede right after the key change", depends_on=deps))
     if "database" in by:
         h = by["database"]
         for c in index_candidates:

@@ -1,8 +1,9 @@
 """Index candidates from the statements' WHERE / ORDER BY columns (pglast parse trees).
 
-This is the first, structural pass: for single-table SELECTs that hit a seq-scan-heavy table, the
-equality-filtered columns followed by the ORDER BY columns, skipping indexes that already cover
-that prefix. The HypoPG what-if evaluation of each candidate lives with the PostgreSQL executor.
+This is the first, structural pass: for single-table SELECTs that hit a seq-scan-heavy table, or that
+read far more buffer pages than the rows they return (an index that does not fit the filter: the
+planner walks it and throws most rows away, which no seq-scan counter shows), the equality-filtered
+columns followed by the ORDER BY columns, skipping indexes that already cover that prefix. The HypoPG what-if evaluation of each candidate lives with the PostgreSQL executor.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from pglast.enums import A_Expr_Kind, BoolExprType
 
 # At most this many columns per candidate: wider indexes rarely pay for their write cost.
 MAX_INDEX_COLUMNS = 2
+# Buffer pages read (shared_blks_hit + shared_blks_read) per row returned above which a filtered statement
+# is using the wrong access path: a B-tree lookup touches ~3-5 pages per row (root, inner, leaf, heap), so
+# 100 is 20x that. In the lab's degraded profile the orders-by-user query reads ~1,000 pages per row.
+MAX_BLOCKS_PER_ROW = 100
+# ... and only for statements that matter: at least this share of the window's DB time.
+MIN_WASTE_SHARE = 0.05
 
 
 def _colname(node) -> str | None:
@@ -78,8 +85,15 @@ def _existing_prefixes(indexes: pd.DataFrame) -> dict[str, list[tuple[str, ...]]
     return out
 
 
+def _blocks_per_row(row) -> float | None:
+    if "shared_blks_hit" not in row.index or "shared_blks_read" not in row.index:
+        return None
+    return float(row["shared_blks_hit"] + row["shared_blks_read"]) / max(float(row["rows"]), 1.0)
+
+
 def candidates(statements: pd.DataFrame, heavy_tables: list[str], indexes: pd.DataFrame) -> list[dict]:
-    """[{table, columns, reason, share}] for statements on seq-scan-heavy tables, biggest DB time first."""
+    """[{table, columns, reason, share}] for filtered statements on seq-scan-heavy tables, or reading over
+    MAX_BLOCKS_PER_ROW pages per row returned with MIN_WASTE_SHARE of DB time; biggest DB time first."""
     existing = _existing_prefixes(indexes)
     seen: set[tuple] = set()
     out = []
@@ -88,14 +102,19 @@ def candidates(statements: pd.DataFrame, heavy_tables: list[str], indexes: pd.Da
         if not parsed:
             continue
         table, filters, order = parsed
-        if table not in heavy_tables or not filters:
+        if not filters:
+            continue
+        bpr = _blocks_per_row(row)
+        wasteful = bpr is not None and bpr >= MAX_BLOCKS_PER_ROW and row["time_share"] >= MIN_WASTE_SHARE
+        if table not in heavy_tables and not wasteful:
             continue
         cols = tuple(list(dict.fromkeys(filters + order))[:MAX_INDEX_COLUMNS])
         covered = any(ix[: len(cols)] == cols for ix in existing.get(table, []))
         if covered or (table, cols) in seen:
             continue
         seen.add((table, cols))
+        how = "scans" if table in heavy_tables else f"reads {bpr:,.0f} buffer pages per row returned from"
         out.append({"table": table, "columns": list(cols), "share": round(float(row["time_share"]), 3),
-                    "reason": f"{row['time_share']:.0%} of DB time scans {table} filtering on "
+                    "reason": f"{row['time_share']:.0%} of DB time {how} {table} filtering on "
                               f"{', '.join(filters)}" + (f" ordered by {', '.join(order)}" if order else "")})
     return out
