@@ -607,11 +607,11 @@ def recommend(info: dict, deltas: dict, keys: pd.DataFrame, app_config: dict | N
     ttl = recommend_ttl(keys, cfg.get("cache_ttl_s"), target, max_staleness_s, names, model=model)
     hr = deltas.get("hit_ratio")
     if model is not None and hr is not None and not math.isnan(hr) and hr > VERSIONS_ARE_MISSES_ABOVE:
-        ttl["reasoning"].insert(1, f"the window's hit ratio was {hr:.0%}: only misses wrote key versions, so the "
+        ttl["reasoning"].insert(1 + len(model.families), f"the window's hit ratio was {hr:.0%}: only misses wrote key versions, so the "
                                    "rates count misses, not requests (popular keys are under-counted most: the "
                                    "prediction leans low)")
     if model is not None and deltas.get("lookups") and deltas.get("seconds"):
-        ttl["reasoning"].insert(1, f"Redis counted {deltas['lookups'] / deltas['seconds']:.3g} lookups/s over the "
+        ttl["reasoning"].insert(1 + len(model.families), f"Redis counted {deltas['lookups'] / deltas['seconds']:.3g} lookups/s over the "
                                    f"window, the key versions {model.rate_per_s:.3g}/s (requests that failed before "
                                    "writing a key, or lookups by other clients, make the difference)")
     memory = recommend_memory(info, deltas, keys, ttl["recommended_s"], model=model)
