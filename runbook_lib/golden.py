@@ -18,7 +18,7 @@ import tempfile
 import nbformat
 from nbclient import NotebookClient
 
-from .runner import NOTEBOOKS, notebooks_dir
+from .runner import KERNEL_ARGUMENTS, NOTEBOOKS, notebooks_dir
 from .settings import project_root
 
 CELL_TIMEOUT_S = 600
@@ -31,6 +31,7 @@ def regenerate(names=NOTEBOOKS) -> None:
             path = notebooks_dir() / f"{name}.ipynb"
             nb = nbformat.read(path, as_version=4)
             client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", record_timing=False,
+                                    extra_arguments=KERNEL_ARGUMENTS,
                                     resources={"metadata": {"path": str(notebooks_dir())}})
             client.execute()
             nbformat.write(nb, path)

@@ -1,4 +1,8 @@
-"""Generator of the synthetic D2 latency bundle (``fixtures/d2-latency``) until the lab re-records it.
+"""Generator of the synthetic D2 latency bundle (``fixtures/d2-synthetic``): the seed incident with known ground truth.
+
+``fixtures/d2-latency``, the bundle the runbook ships and runs by default, is recorded from the lab
+(real servers); this one is made up to the seed incident's figures, and the analysis tests use it
+because every onset, level and counter in it is known exactly.
 
 The seed incident, as data: baseline p95 ~40 ms; a deploy changes the cache key scheme and TTL, the
 cache hit ratio falls under 10%, the database takes every miss (N+1 order loading, sequential scans),
@@ -8,7 +12,7 @@ the pool saturates and ~10% of requests fail with 5xx; CPU and memory stay norma
 Every figure here is made up but internally consistent: the snapshot counters agree with the signal
 rates over the snapshot window (calls per request, hits/misses, seq scans). Regenerate with::
 
-    python -m runbook_lib.synthetic fixtures/d2-latency --seed 42
+    python -m runbook_lib.synthetic fixtures/d2-synthetic --seed 42
 """
 
 from __future__ import annotations
@@ -244,14 +248,14 @@ def write_bundle(folder: Path, seed: int = 42) -> Path:
     iso = lambda t: t.isoformat().replace("+00:00", "Z")
     manifest = {
         "format": 1,
-        "id": "d2-latency",
+        "id": "d2-synthetic",
         "title": "D2: API p95 40 ms -> 800 ms after a cache key change",
         "description": "Deploy api v2.14.0 changed cache keys to include the request timestamp and cut "
                        "the TTL to 5 s. Cache hit ratio fell under 10%, the database took every miss "
                        "(N+1 order loading, sequential scans), the 20-connection pool saturated and ~10% "
                        "of requests failed. Fixed at 11:30 with indexes, a cache config fix and warming.",
-        "provenance": f"synthetic: python -m runbook_lib.synthetic fixtures/d2-latency --seed {seed} "
-                      "(to be re-recorded from the lab with `runbook record`)",
+        "provenance": f"synthetic: python -m runbook_lib.synthetic fixtures/d2-synthetic --seed {seed} "
+                      "(ground truth for the analysis tests; fixtures/d2-latency is the lab recording)",
         "step_seconds": STEP_S,
         "signals_file": "signals.csv",
         "events": [

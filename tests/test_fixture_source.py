@@ -12,7 +12,7 @@ from runbook_lib.sources.fixture import FixtureSource
 from runbook_lib.synthetic import write_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = ROOT / "fixtures" / "d2-latency"
+BUNDLE = ROOT / "fixtures" / "d2-synthetic"
 
 
 @pytest.fixture

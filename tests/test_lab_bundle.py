@@ -1,4 +1,4 @@
-"""The incident recorded from the lab (fixtures/lab-d2-latency): it loads, is complete, and is an incident.
+"""The bundled incident, recorded from the lab (fixtures/d2-latency): it loads, is complete, and is an incident.
 
 Quick and offline: reads the committed files only, no servers.
 """
@@ -14,8 +14,8 @@ from runbook_lib.signals import PRIMARY_SIGNAL
 from runbook_lib.sources.fixture import FixtureSource
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = ROOT / "fixtures" / "lab-d2-latency"
-PARAMETERS = ROOT / "parameters" / "lab-recorded.yaml"
+BUNDLE = ROOT / "fixtures" / "d2-latency"
+PARAMETERS = ROOT / "parameters" / "fixtures.yaml"
 # what the root-cause step reads (fixtures/README.md)
 SNAPSHOTS = ("pg_stat_statements.start", "pg_stat_statements.end", "pg_stat_user_tables.start",
              "pg_stat_user_tables.end", "pg_indexes", "pg_stat_activity", "pg_settings", "redis_info.start",
@@ -35,8 +35,8 @@ def _phase(src, name):
 def test_bundle_loads_and_checks(src):
     src.bundle.check()
     m = src.bundle.manifest
-    assert m.id == "lab-d2-latency"
-    assert "recorded" in m.provenance and "runbook lab load" in m.provenance
+    assert m.id == "d2-latency"
+    assert "recorded" in m.provenance and "runbook lab load" in m.provenance and "runbook record" in m.provenance
     for name in SNAPSHOTS:
         assert src.bundle.has_snapshot(name), name
     total = sum(f.stat().st_size for f in BUNDLE.rglob("*") if f.is_file())
@@ -46,7 +46,7 @@ def test_bundle_loads_and_checks(src):
 def test_parameters_point_at_the_bundle_and_every_signal_is_there(src):
     settings = load_settings(PARAMETERS)
     assert settings.mode == "fixture" and not settings.remediation.apply
-    assert settings.incident.id == "lab-d2-latency"
+    assert settings.incident.id == "d2-latency"
     assert (ROOT / settings.source.bundle).resolve() == BUNDLE.resolve()
     assert set(settings.signals) <= set(src.available())
     start, end = src.default_range()
@@ -60,15 +60,17 @@ def test_phases_and_events_are_in_order(src):
     assert list(m.phases) == ["baseline", "incident", "recovery"]
     bounds = [t for name in ("baseline", "incident", "recovery") for t in _phase(src, name)]
     assert bounds == sorted(bounds)
-    assert _phase(src, "baseline")[1] - _phase(src, "baseline")[0] >= pd.Timedelta("5min")
-    assert _phase(src, "incident")[1] - _phase(src, "incident")[0] >= pd.Timedelta("8min")
+    assert _phase(src, "baseline")[1] - _phase(src, "baseline")[0] >= pd.Timedelta("3min")
+    assert _phase(src, "incident")[1] - _phase(src, "incident")[0] >= pd.Timedelta("5min")
     assert _phase(src, "recovery")[1] - _phase(src, "recovery")[0] >= pd.Timedelta("5min")
     events = src.events()
     assert [e.time for e in events] == sorted(e.time for e in events)
-    kinds = [e.kind for e in events]
-    assert kinds == ["deploy", "remediation"]
-    deploy, fix = events
+    deploy, *fixes = events
+    assert deploy.kind == "deploy" and fixes and {e.kind for e in fixes} == {"remediation"}
+    assert all(e.label.startswith("runbook: ") for e in fixes), "the fixes are the runbook run's own changes"
+    fix = fixes[0]
     assert deploy.time == _phase(src, "incident")[0] and fix.time == _phase(src, "incident")[1]
+    assert fixes[-1].time == _phase(src, "recovery")[0]
     first, last = src.default_range()
     assert first <= deploy.time < fix.time <= last
 

@@ -15,7 +15,7 @@ from runbook_lib.pg import advisor, explain, pool, rewrite, stats
 from runbook_lib.pg.errors import ExtensionMissing
 from runbook_lib.sources.fixture import FixtureBundle as load_bundle
 
-BUNDLE = Path(__file__).resolve().parents[1] / "fixtures" / "d2-latency"
+BUNDLE = Path(__file__).resolve().parents[1] / "fixtures" / "d2-synthetic"
 
 
 def test_pg_stat_statements_columns_follow_the_extension_version():
