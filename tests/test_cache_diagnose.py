@@ -28,7 +28,7 @@ from runbook_lib.diagnose.hypotheses import Snapshots
 from runbook_lib.services import wait_until
 from runbook_lib.settings import project_root
 
-FIXTURE_KEYS = project_root() / "fixtures/d2-latency/snapshots/redis_keys.csv"
+FIXTURE_KEYS = project_root() / "fixtures/d2-synthetic/snapshots/redis_keys.csv"
 
 
 # --- pure ---------------------------------------------------------------------------------------
