@@ -188,6 +188,34 @@ def test_load_switches_profile_midway(lab, capsys):
     assert "healthy profile" in (state / EVENTS_FILE).read_text().splitlines()[-1]
 
 
+def test_incident_scenario_leaves_load_running_until_stopped(lab, capsys):
+    from runbook_lib.cli import main
+    from runbook_lib.lab.config import EVENTS_FILE
+    from runbook_lib.lab.scenario import SCENARIO_EVENT, scenario_start
+
+    state, _, seen = lab
+    args = ["lab", "load", "--state", str(state), "--rate", "10", "--seed", "5"]
+    assert main([*args, "--baseline", "2", "--incident", "3", "--duration", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "the incident is live" in out and "--stop" in out
+    load = stack.status(state)["load"]
+    seen["load"] = load["pid"]
+    assert load["running"] and pid_alive(load["pid"])
+    kinds = [json.loads(x)["kind"] for x in (state / EVENTS_FILE).read_text().splitlines()]
+    assert kinds[-2:] == ["note", "deploy"] and scenario_start(state) is not None
+    assert SCENARIO_EVENT in (state / EVENTS_FILE).read_text()
+    # one load at a time: a second scenario is refused with what to do, before it switches anything
+    events_before = (state / EVENTS_FILE).read_text()
+    assert main([*args, "--baseline", "2", "--incident", "3"]) == 2
+    assert "a load is already running" in capsys.readouterr().err
+    assert (state / EVENTS_FILE).read_text() == events_before
+    assert main(["lab", "load", "--state", str(state), "--stop"]) == 0
+    assert f"stopped the load (pid {load['pid']})" in capsys.readouterr().out
+    assert not pid_alive(load["pid"]) and stack.status(state)["load"] is None
+    assert main(["lab", "load", "--state", str(state), "--stop"]) == 0
+    assert "no load was running" in capsys.readouterr().out
+
+
 def test_down_works_after_the_supervisor_crashed(lab):
     state, _, seen = lab
     seen.update(_lab_pids(state))

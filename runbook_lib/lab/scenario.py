@@ -80,12 +80,16 @@ def stop_load(state: Path) -> list[int]:
     return stopped
 
 
-def start_background_load(state: Path, args: list[str], duration_s: float) -> dict:
-    """``runbook lab load --scenario steady ARGS`` as a process of its own session, logged to load.log."""
+def _refuse_a_second_load(state: Path) -> None:
     current = load_status(state)
     if current and current["running"]:
         raise LabError(f"a load is already running (pid {current['pid']}, until {current['until']})",
                        hint="stop it first: runbook lab load --stop")
+
+
+def start_background_load(state: Path, args: list[str], duration_s: float) -> dict:
+    """``runbook lab load --scenario steady ARGS`` as a process of its own session, logged to load.log."""
+    _refuse_a_second_load(state)
     folder = state / LOAD_DIR
     folder.mkdir(exist_ok=True)
     argv = [sys.executable, "-m", "runbook_lib.cli", "lab", "load", "--state", _marker(state),
@@ -137,6 +141,7 @@ def run_scenario(state: Path, load_args: list[str], baseline_s: float, incident_
         raise LabError(f"--duration {duration_s:g} s is shorter than the baseline ({baseline_s:g} s) plus the "
                        f"incident ({incident_s:g} s)", hint="give a longer --duration, or shorter phases")
     lab = read_lab(state)
+    _refuse_a_second_load(state)  # before the profile switch: a refused scenario changes nothing
     apply_profile("healthy", state, event=(SCENARIO_EVENT, "note"))
     out(f"t+0s: healthy profile (baseline) for {baseline_s:g} s, then the degraded profile (deploy)")
     info = start_background_load(state, [*load_args, "--at", f"{baseline_s:g}:degraded"], duration_s)
