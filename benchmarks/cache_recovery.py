@@ -20,12 +20,15 @@ pool), so latency is not the point here, the hit ratio is.
 4. after: the same load (another seed) runs for ``--follow`` seconds (default: the recommended TTL + 15 min,
    so that every key has expired once and the ratio has settled, at most an hour); Redis INFO every
    ``--every`` seconds gives the hit ratio of each window, Prometheus the app's. Reported: the curve, the
-   first window at the target, the steady value (windows starting a TTL or more after the fix) and the
-   diagnosis's predictions next to them;
+   first window at the target, the steady value (the windows from one TTL after the fix on) and, beside
+   them, the diagnosis's prediction: its closed-form long-run hit ratio (with its range), and the fitted
+   model simulated request by request with the same warming (``cache.simulate``: every key seen over the
+   before window, jittered TTL), window by window;
 5. rollback of everything, checked to restore the exact prior values (CONFIG GET, config.json).
 
 Everything it starts (the lab, the load) is stopped on the way out, on failure and on SIGTERM too.
-Writes benchmarks/results/cache_recovery.json and prints the figures.
+Writes benchmarks/results/cache_recovery.json and prints the figures. ``--resimulate FILE`` recomputes
+only the model's columns of an existing result from the model stored in it (no lab).
 """
 
 from __future__ import annotations
@@ -56,9 +59,10 @@ from runbook_lib.actions.cache_warm import CacheWarm
 from runbook_lib.actions.rollback import undo
 from runbook_lib.actions.targets import Targets
 from runbook_lib.cache import collect as col
-from runbook_lib.cache.recommend import TARGET_HIT_RATIO, popularity_model
+from runbook_lib.cache.recommend import TARGET_HIT_RATIO, fill_hit_ratio
 from runbook_lib.cache.report import build_report, render_text
-from runbook_lib.cache.warm import lab_path, lab_route, rank_keys
+from runbook_lib.cache.simulate import expected_windows
+from runbook_lib.cache.warm import TTL_JITTER, lab_path, lab_route, rank_keys
 from runbook_lib.diagnose.cache import logical_key
 from runbook_lib.lab import seed as seeding
 from runbook_lib.lab import stack
@@ -78,8 +82,9 @@ SETTLE_S = 900.0
 # The "sustained" figure: the first window from which every later rolling mean over this many windows stays
 # at the target (a single 60 s window holds ~1,000 lookups: +-2 points from sampling alone).
 ROLLING_WINDOWS = 5
-# Model points averaged per window for the predicted cold-cache climb.
-FILL_POINTS = 7
+# Seeded simulations averaged for the simulated curve; points of the closed form averaged per window.
+SIM_RUNS = 5
+CLIMB_POINTS = 7
 
 
 class Load:
@@ -236,18 +241,37 @@ def curve_figures(rows: list[dict], ttl_s: float, target: float) -> dict:
             "rolling_windows": ROLLING_WINDOWS, "steady": steady, "window_ratios": ratios.round(4).tolist()}
 
 
-def predicted_curve(model, rows: list[dict], ttl_s: float, steady: float) -> list[float]:
-    """The model's hit ratio for each window: before the TTL the cold-cache climb (averaged over the
-    window; no warming, so a floor for the first minutes), from the TTL on its steady value."""
-    out = []
-    for r in rows:
-        a, b = r["t_start_s"], r["t_end_s"]
-        if a >= ttl_s:
-            out.append(round(steady, 4))
-            continue
-        pts = [a + (b - a) * (k + 0.5) / FILL_POINTS for k in range(FILL_POINTS)]
-        out.append(round(sum(model.fill_hit_ratio(min(t, ttl_s)) for t in pts) / FILL_POINTS, 4))
-    return out
+def model_columns(out: dict) -> None:
+    """Add the diagnosis's model to each window of a result (from the fitted families stored in it,
+    ``diagnosis.ttl.model``; pure, seeded):
+
+    * ``cold_climb``: an empty cache, no warming, before any key expires (windows before the TTL): the
+      closed form 1 - e^(-λt) averaged over the window;
+    * ``simulated``: the model simulated request by request under the TTL with the warming the benchmark
+      did (every key seen over the before window, jittered TTL), averaged over SIM_RUNS seeds;
+
+    and the simulated value over the steady windows."""
+    a = out["after"]
+    model = out["diagnosis"]["ttl"].get("model")
+    rows = a["windows"]
+    if not model or not rows:
+        return
+    families = [(f["rate_per_s"], f["zipf_exponent"], f["keys"]) for f in model["families"]]
+    total = sum(r for r, _, _ in families)
+    every = rows[0]["t_end_s"] - rows[0]["t_start_s"]
+    sim = expected_windows(families, a["ttl_s"], len(rows) * every, window_s=every, warm_seen_s=out["before_s"],
+                           jitter=TTL_JITTER, runs=SIM_RUNS)
+    for r, v in zip(rows, sim.tolist(), strict=True):
+        r.pop("predicted", None)  # an earlier name of cold_climb
+        pts = [r["t_start_s"] + every * (k + 0.5) / CLIMB_POINTS for k in range(CLIMB_POINTS)]
+        r["cold_climb"] = (round(sum(rate * fill_hit_ratio(rate, e, n, t) for t in pts for rate, e, n in families)
+                                 / total / CLIMB_POINTS, 4) if r["t_end_s"] <= a["ttl_s"] else None)
+        r["simulated"] = round(v, 4)
+    a["simulation"] = {"runs": SIM_RUNS, "warm_seen_s": out["before_s"], "jitter": TTL_JITTER,
+                       "families": families}
+    if a.get("steady"):
+        steady = [r["simulated"] for r in rows if r["t_start_s"] >= a["steady"]["from_s"]]
+        a["steady"]["simulated"] = round(sum(steady) / len(steady), 4)
 
 
 def settings_for(info: dict) -> Settings:
@@ -273,7 +297,15 @@ def main() -> int:
     p.add_argument("--top-n", type=int, default=5000, help="at most this many keys to warm (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON (default: %(default)s)")
+    p.add_argument("--resimulate", type=Path, metavar="FILE",
+                   help="no lab: recompute the model columns of this result (written to --out) and print it")
     args = p.parse_args()
+    if args.resimulate:
+        out = json.loads(args.resimulate.read_text())
+        model_columns(out)
+        args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
+        print_summary(out)
+        return 0
     signal.signal(signal.SIGTERM, _terminate)
     state = Path(tempfile.mkdtemp(prefix="runbook-cachebench-", dir="/tmp"))
     state.chmod(0o755)
@@ -305,7 +337,6 @@ def main() -> int:
         out["diagnosis"] = {k: {kk: vv for kk, vv in v.items() if kk != "reasoning"} | {"reasoning": v["reasoning"]}
                             for k, v in rec.items() if k != "actions"}
         out["diagnosis"]["actions"] = rec["actions"]
-        model = popularity_model(snap.seen_keys)  # the same model build_report used (pure, deterministic)
 
         # 3. remediation, in the order that keeps each step useful: room first, warm, then switch the app
         settings = settings_for(info)
@@ -344,15 +375,11 @@ def main() -> int:
         rows = f["rows"]
         figures = curve_figures(rows, ttl_s, TARGET_HIT_RATIO)
         predicted = rec["ttl"].get("predicted")
-        if model is not None and predicted:
-            for r, v in zip(rows, predicted_curve(model, rows, ttl_s, predicted["fit"]), strict=True):
-                r["predicted"] = v
         steady = figures["steady"]
         prom = info["prometheus_url"]
         t_end = f["t0"] + rows[-1]["t_end_s"] if rows else time.time()
         by_route = app_by_route(prom, f["t0"] + steady["from_s"], t_end) if steady else None
         end_info = f["end_info"]
-        cached = model.cached_keys(ttl_s) if model is not None else None
         out["after"] = {
             "follow_s": follow_s, "ttl_s": ttl_s, "windows": rows, **figures,
             "steady_app_by_route": by_route,
@@ -362,7 +389,8 @@ def main() -> int:
             "memory": {"dbsize_end": end_info["dbsize"], "used_memory_end": end_info["used_memory"],
                        "maxmemory": end_info["maxmemory"], "sampled_memory_bytes_end": f["sample_memory_bytes"],
                        "evicted_keys": end_info["evicted_keys"] - f["start_info"]["evicted_keys"],
-                       "predicted_cached_keys": ({"fit": cached["fit"], "high": cached["high"]} if cached else None),
+                       "predicted_cached_keys": {"fit": rec["memory"].get("entries_fit"),
+                                                 "high": rec["memory"].get("entries")},
                        "recommended_maxmemory": rec["memory"]["recommended"]}}
         if rows:
             first = rows[0]
@@ -385,6 +413,7 @@ def main() -> int:
         shutil.rmtree(state, ignore_errors=True)
     if not ok:
         return 1
+    model_columns(out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
     print_summary(out)
@@ -397,12 +426,14 @@ def print_summary(out: dict) -> None:
     pred = a.get("predicted") or {}
     print(f"before ({b['window_s']:.0f} s): redis hit ratio {b['redis_hit_ratio']:.2%}, app {b['app_hit_ratio']:.2%}, "
           f"client p95 {b['client']['p95_ms']} ms")
-    print(f"recommended TTL {a['ttl_s']:g} s; predicted steady hit ratio {pred.get('fit', float('nan')):.1%} "
+    print(f"recommended TTL {a['ttl_s']:g} s; predicted long-run hit ratio {pred.get('fit', float('nan')):.1%} "
           f"(range {pred.get('low', float('nan')):.1%}-{pred.get('high', float('nan')):.1%})")
-    print("after, window by window (redis / app / predicted):")
+    print("after, window by window (redis / app / the fitted model simulated with the same warming / its cold "
+          "climb without warming):")
     for r in a["windows"]:
         app = "n/a" if r.get("app_hit_ratio") is None else f"{r['app_hit_ratio']:.1%}"
-        p = "" if r.get("predicted") is None else f" / {r['predicted']:.1%}"
+        p = "" if r.get("simulated") is None else f" / {r['simulated']:.1%}"
+        p += "" if r.get("cold_climb") is None else f" / {r['cold_climb']:.1%}"
         span = f"{r['t_start_s'] / 60:g}-{r['t_end_s'] / 60:g} min"
         print(f"  {span:<13} {r['redis_hit_ratio']:.1%} / {app}{p}")
     print(f"first window at {out['target_hit_ratio']:.0%}: ends {a['first_window_at_target_s']} s after the fix; "
@@ -411,7 +442,8 @@ def print_summary(out: dict) -> None:
     if s:
         print(f"steady ({s['from_s'] / 60:.0f}-{s['to_s'] / 60:.0f} min, {s['windows']} windows): redis hit ratio "
               f"{s['redis_hit_ratio']:.1%} (windows {s['min_window']:.1%}-{s['max_window']:.1%}, "
-              f"{s['windows_at_or_above_target']} of {s['windows']} at or above the target)")
+              f"{s['windows_at_or_above_target']} of {s['windows']} at or above the target); simulated "
+              f"{s.get('simulated', float('nan')):.1%}, long-run prediction {pred.get('fit', float('nan')):.1%}")
     if a.get("steady_app_by_route"):
         print("  app by route: " + ", ".join(f"{k} {v['hit_ratio']:.1%}" for k, v in a["steady_app_by_route"].items()
                                              if v["hit_ratio"] is not None))

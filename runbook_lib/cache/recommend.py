@@ -525,7 +525,7 @@ def recommend_memory(info: dict, deltas: dict, keys: pd.DataFrame, ttl_s: float,
     sizes, mean_bytes = _family_sizes_bytes(keys)
     if model is not None:
         live = model.cached_keys(ttl_s)
-        entries = live["high"]
+        entries, entries_fit = live["high"], live["fit"]
         parts, ws = [], 0.0
         for f in model.families:
             size = sizes.get(f.pattern, mean_bytes)
@@ -542,6 +542,7 @@ def recommend_memory(info: dict, deltas: dict, keys: pd.DataFrame, ttl_s: float,
         distinct = logical / len(keys) if keys is not None and len(keys) else 1.0
         misses_per_s = deltas["misses"] / deltas["seconds"] if deltas.get("seconds") else 0.0
         entries = misses_per_s * distinct * ttl_s
+        entries_fit = None
         ws = entries * mean_bytes
         why.append(f"the window saw {misses_per_s:.1f} misses/s; {distinct:.0%} of sampled keys are distinct "
                    f"logical keys ({logical} of {len(keys) if keys is not None else 0})")
@@ -569,7 +570,8 @@ def recommend_memory(info: dict, deltas: dict, keys: pd.DataFrame, ttl_s: float,
     else:
         rec = f"{mb}mb"
     return {"recommended": rec, "recommended_bytes": mb * 2**20 if rec.endswith("mb") else maxmem,
-            "current_bytes": maxmem, "working_set_bytes": ws, "entries": entries, "mean_entry_bytes": mean_bytes,
+            "current_bytes": maxmem, "working_set_bytes": ws, "entries": entries, "entries_fit": entries_fit,
+            "mean_entry_bytes": mean_bytes,
             "entry_bytes_by_family": sizes, "key_lifetime_s": lifetime, "reasoning": why}
 
 
