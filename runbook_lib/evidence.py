@@ -25,6 +25,11 @@ from .sources.fixture import FixtureSource
 # Live snapshot window: 30 s holds two to six Prometheus scrapes and, at the lab's 18 req/s, ~500
 # requests: enough for calls-per-request and hit-ratio deltas, short enough to wait for at 3 a.m.
 LIVE_WINDOW_S = 30.0
+# The cache is sized for the SLO's hit ratio plus this margin: a one-minute window of the lab's traffic
+# has about +/-2 points of sampling noise (benchmarks/cache_recovery.py), so a cache sized exactly for
+# 0.80 would read under its SLO half of the time; 0.80 + 0.05 is issue 6's 85%.
+CACHE_TARGET_MARGIN = 0.05
+MAX_CACHE_TARGET = 0.99
 # The request rate used for calls per request: the mean of the last minutes of the request_rate signal.
 RATE_TRAILING = pd.Timedelta(minutes=2)
 
@@ -35,11 +40,13 @@ def _requests(signals: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> 
     return float(seg.mean() * (end - start).total_seconds()) if len(seg) else float("nan")
 
 
-def cache_plan(info_start: dict, info_end: dict, keys: pd.DataFrame, app_config: dict | None, target: float,
+def cache_plan(info_start: dict, info_end: dict, keys: pd.DataFrame, app_config: dict | None, slo_hit: float,
                names: list[str] | None = None) -> dict:
-    """The measured cache recommendation (TTL, maxmemory, policy, key scheme) for the SLO's hit ratio."""
+    """The measured cache recommendation (TTL, maxmemory, policy, key scheme), sized for the SLO's hit ratio
+    plus CACHE_TARGET_MARGIN."""
     from .cache.recommend import recommend
 
+    target = min(slo_hit + CACHE_TARGET_MARGIN, MAX_CACHE_TARGET)
     return recommend(info_end, cache_dx.window_deltas(info_start, info_end), keys, app_config, target=target,
                      names=names)
 
