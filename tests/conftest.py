@@ -20,6 +20,26 @@ def make_server_dir(prefix: str) -> Path:
 
 
 @pytest.fixture
+def run_dir(tmp_path):
+    """An empty run folder (audit.jsonl and hand-overs go there)."""
+    d = tmp_path / "run"
+    d.mkdir()
+    return d
+
+
+def lab_pids(state) -> dict[str, int]:
+    """Every process a lab in ``state`` runs by name: servers, backend supervisor and replicas, load."""
+    from runbook_lib.lab import stack
+
+    st = stack.status(state)
+    pids = {k: c["pid"] for k, c in st["components"].items() if "pid" in c}
+    pids.update({f"replica{i}": p for i, p in enumerate(st["components"]["backend"].get("replicas", []))})
+    if st.get("load"):
+        pids["load"] = st["load"]["pid"]
+    return pids
+
+
+@pytest.fixture
 def server_dir():
     d = make_server_dir("test")
     yield d

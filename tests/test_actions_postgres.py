@@ -33,13 +33,6 @@ pg_dsn = test_actions_support.pg_dsn  # the fixture: a fresh database per test
 INDEX = CreateIndex(table="orders", columns=["user_id", "created_at"])
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    d = tmp_path / "run"
-    d.mkdir()
-    return d
-
-
 def test_dry_run_changes_nothing_on_the_server(pg_dsn, run_dir):
     before = pg_indexes(pg_dsn)
     outcomes = execute([INDEX], make_settings(pg_dsn=pg_dsn), run_dir, actor="tester")

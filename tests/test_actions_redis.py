@@ -31,13 +31,6 @@ pytestmark = pytest.mark.slow
 CHANGE = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru"}
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    d = tmp_path / "run"
-    d.mkdir()
-    return d
-
-
 def test_dry_run_changes_nothing_on_the_server(private_redis, run_dir):
     before = redis_config(private_redis.url)
     [o] = execute([RedisConfigSet(config=CHANGE)], make_settings(redis_url=private_redis.url), run_dir)

@@ -21,13 +21,6 @@ CHANGE = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru"}
 
 
 @pytest.fixture
-def run_dir(tmp_path):
-    d = tmp_path / "run"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
 def redis_with_config_file(server_dir):
     """A private redis-server started from a config file (CONFIG REWRITE needs one); stopped by PID."""
     port = free_port()

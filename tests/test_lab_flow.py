@@ -18,7 +18,7 @@ import pytest
 from runbook_lib.lab import stack
 from runbook_lib.services import kill_pid, pid_alive
 from runbook_lib.settings import project_root
-from tests.conftest import make_server_dir
+from tests.conftest import lab_pids, make_server_dir
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +39,6 @@ def runbook(*args: str, env: dict) -> str:
     return r.stdout
 
 
-def _pids(state: Path) -> dict[str, int]:
-    st = stack.status(state)
-    pids = {k: c["pid"] for k, c in st["components"].items() if "pid" in c}
-    pids.update({f"replica{i}": p for i, p in enumerate(st["components"]["backend"].get("replicas", []))})
-    if st.get("load"):
-        pids["load"] = st["load"]["pid"]
-    return pids
-
-
 def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
     folder = make_server_dir("labflow")
     state = folder / "lab"
@@ -56,7 +47,7 @@ def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
     try:
         runbook("lab", "up", "--scale", SCALE, "--ports", "free", env=env)
         out = runbook("lab", "load", "--baseline", BASELINE_S, "--incident", INCIDENT_S, env=env)
-        seen.update(_pids(state))
+        seen.update(lab_pids(state))
         assert "the incident is live" in out and "incident:" in out  # progress lines of both phases
         load = stack.status(state)["load"]
         assert load["running"], "the load must go on in the background for the runbook's own steps"
@@ -80,7 +71,7 @@ def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
         figures = " ".join(p.read_text() for p in (run / "figures").glob("01-*.json"))
         assert "degraded profile" in figures, "the deploy from the lab's events.jsonl must mark the charts"
     finally:
-        seen.update(_pids(state))
+        seen.update(lab_pids(state))
         subprocess.run([RUNBOOK, "lab", "down"], check=False, cwd=ROOT, env=env, capture_output=True, timeout=120)
         survivors = {name: pid for name, pid in seen.items() if pid_alive(pid)}
         for pid in survivors.values():

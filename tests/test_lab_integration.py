@@ -21,7 +21,7 @@ from runbook_lib.lab.seed import SeedSize
 from runbook_lib.lab.supervisor import BACKEND_DIR, BACKEND_FILE
 from runbook_lib.services import kill_pid, pid_alive, wait_until
 from runbook_lib.settings import Settings, project_root, read_yaml
-from tests.conftest import make_server_dir
+from tests.conftest import lab_pids, make_server_dir
 
 pytestmark = pytest.mark.slow
 
@@ -30,24 +30,16 @@ LOAD = {"duration_s": 12.0, "rate": 25.0, "concurrency": 32, "max_requests": 200
 WAIT_S = 20.0           # bound on every wait below (config reload is polled every 0.5 s)
 
 
-def _lab_pids(state: Path) -> dict[str, int]:
-    st = stack.status(state)["components"]
-    pids = {k: c["pid"] for k, c in st.items() if "pid" in c}
-    for i, pid in enumerate(st["backend"].get("replicas", [])):
-        pids[f"replica{i}"] = pid
-    return pids
-
-
 @pytest.fixture(scope="module")
 def lab():
     state = make_server_dir("lab")
     seen: dict[str, int] = {}
     try:
         info = stack.up(state, scale=SCALE, profile="degraded", ports="free")
-        seen.update(_lab_pids(state))
+        seen.update(lab_pids(state))
         yield state, info, seen
     finally:
-        seen.update(_lab_pids(state))
+        seen.update(lab_pids(state))
         stack.down(state)
         survivors = {name: pid for name, pid in seen.items() if pid_alive(pid)}
         for pid in survivors.values():  # never leave anything behind, even when the test is failing
@@ -131,13 +123,13 @@ def test_knobs_change_live_without_restart(lab):
                  replicas=2)
 
     def reloaded() -> bool:
-        info = _lab_pids(state)
+        info = lab_pids(state)
         return ('lab_config_info{cache_key_scheme="normalized",orders_query="join"} 1.0'
                 in _metric_lines(first["metrics_port"], "lab_config_info")
                 and "replica1" in info and pid_alive(info["replica1"]))
 
     wait_until(reloaded, WAIT_S, "config reload and a second replica")
-    seen.update(_lab_pids(state))
+    seen.update(lab_pids(state))
     assert _backend(state)["replicas"][0]["pid"] == first["pid"]  # same process: no restart
     assert "db_pool_max 6.0" in _metric_lines(first["metrics_port"], "db_pool_max")
 
@@ -218,7 +210,7 @@ def test_incident_scenario_leaves_load_running_until_stopped(lab, capsys):
 
 def test_down_works_after_the_supervisor_crashed(lab):
     state, _, seen = lab
-    seen.update(_lab_pids(state))
+    seen.update(lab_pids(state))
     os.kill(_backend(state)["pid"], signal.SIGKILL)
     stopped = stack.down(state)
     assert any(s.startswith("postgres") for s in stopped)

@@ -43,13 +43,6 @@ def dsn(private_postgres):
         yield d
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    d = tmp_path / "run"
-    d.mkdir()
-    return d
-
-
 def _invalid(dsn: str) -> list[str]:
     with psycopg.connect(dsn) as c:
         return [r[0] for r in c.execute("SELECT c.relname::text FROM pg_index i JOIN pg_class c "
