@@ -35,6 +35,8 @@ import redis
 import yaml
 
 from ..settings import Settings, display_path, load_settings
+from ..sources.base import Event
+from ..sources.events import read_events_file
 from .config import CONFIG_FILE, EVENTS_FILE
 from .errors import LabError
 
@@ -84,27 +86,23 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
 
 def _events(state: Path, start: datetime, end: datetime, run: Path | None = None) -> list[dict]:
     """The lab's events in [start, end]; with ``run``, its applied changes replace the lab's remediation events."""
-    f = state / EVENTS_FILE
-    events = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+    events = read_events_file(state / EVENTS_FILE)
     if run is not None:
-        events = [e for e in events if e.get("kind") != "remediation"] + _run_events(run)
-    inside = [e for e in events if start <= datetime.fromisoformat(e["time"]) <= end]
-    return sorted(inside, key=lambda e: datetime.fromisoformat(e["time"]))
+        events = [e for e in events if e.kind != "remediation"] + _run_events(run)
+    inside = sorted((e for e in events if start <= e.time <= end), key=lambda e: e.time)
+    return [{"time": e.time.isoformat(), "label": e.label, "kind": e.kind} for e in inside]
 
 
-def _run_events(run: Path) -> list[dict]:
+def _run_events(run: Path) -> list[Event]:
     """One remediation event per change the run's audit log says was applied (and changed something)."""
-    audit = run / "audit.jsonl"
-    if not audit.exists():
-        raise LabError(f"{display_path(audit)} does not exist", hint="--run names a run folder of 'runbook run'")
-    out = []
-    for line in audit.read_text().splitlines():
-        rec = json.loads(line) if line.strip() else {}
-        if rec.get("step") == "applied" and rec.get("changed", True):
-            t = datetime.fromisoformat(rec["ts"]).astimezone(UTC)
-            out.append({"time": t.isoformat(timespec="seconds").replace("+00:00", "Z"),
-                        "label": f"runbook: {rec.get('title') or rec['action_id']}", "kind": "remediation"})
-    return out
+    from ..actions.audit import audit_path, read_audit
+
+    if not audit_path(run).exists():
+        raise LabError(f"{display_path(audit_path(run))} does not exist",
+                       hint="--run names a run folder of 'runbook run'")
+    return [Event(pd.Timestamp(rec["ts"]).tz_convert("UTC").floor("s"),
+                  f"runbook: {rec.get('title') or rec['action_id']}", "remediation")
+            for rec in read_audit(run).records if rec["step"] == "applied" and rec.get("changed", True)]
 
 
 def phases_from_events(events: list[dict], start: datetime, end: datetime) -> dict[str, list[datetime]]:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..services import _cmdline, kill_pid, pid_alive, wait_until
+from ..sources.events import read_events_file
 from .config import EVENTS_FILE
 from .errors import LabError
 
@@ -108,12 +109,8 @@ def start_background_load(state: Path, args: list[str], duration_s: float) -> di
 
 def scenario_start(state: Path) -> datetime | None:
     """When the last incident scenario started (its SCENARIO_EVENT in events.jsonl), or None."""
-    f = state / EVENTS_FILE
-    if not f.exists():
-        return None
-    starts = [json.loads(line)["time"] for line in f.read_text().splitlines()
-              if line.strip() and json.loads(line).get("label") == SCENARIO_EVENT]
-    return datetime.fromisoformat(starts[-1]) if starts else None
+    starts = [e.time for e in read_events_file(state / EVENTS_FILE) if e.label == SCENARIO_EVENT]
+    return starts[-1].to_pydatetime() if starts else None
 
 
 def _progress(prom_url: str) -> str:
