@@ -58,17 +58,17 @@ from runbook_lib.actions.app_config import AppConfig
 from runbook_lib.actions.cache_warm import CacheWarm
 from runbook_lib.actions.rollback import undo
 from runbook_lib.actions.targets import Targets
-from runbook_lib.cache import collect as col
-from runbook_lib.cache.recommend import TARGET_HIT_RATIO, fill_hit_ratio
-from runbook_lib.cache.report import build_report, render_text
-from runbook_lib.cache.simulate import expected_windows
-from runbook_lib.cache.warm import TTL_JITTER, lab_path, lab_route, rank_keys
-from runbook_lib.diagnose.cache import logical_key
+from runbook_lib.sources import redis_snapshot as col
+from runbook_lib.plan.cache_sizing import TARGET_HIT_RATIO, fill_hit_ratio
+from runbook_lib.report.cache_diagnosis import build_report, render_text
+from runbook_lib.plan.cache_simulation import expected_windows
+from runbook_lib.plan.cache_warming import TTL_JITTER, lab_path, lab_route, rank_keys
+from runbook_lib.diagnose.cache_keys import logical_key
 from runbook_lib.lab import seed as seeding
 from runbook_lib.lab import stack
 from runbook_lib.lab.config import CONFIG_FILE, read_config
 from runbook_lib.lab.load import INCIDENT_RATE, MAX_DURATION_S, LoadSpec, run_load, run_load_sync
-from runbook_lib.services import wait_until
+from runbook_lib.lab.servers import wait_until
 from runbook_lib.settings import Settings
 
 RESULTS = ROOT / "benchmarks" / "results" / "cache_recovery.json"

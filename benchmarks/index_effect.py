@@ -31,9 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runbook_lib.actions import execute
-from runbook_lib.diagnose import db as db_dx
-from runbook_lib.pg import advisor, stats, workload
-from runbook_lib.services import PostgresServer
+from runbook_lib.diagnose import statements as db_dx
+from runbook_lib.plan import index_advisor as advisor
+from runbook_lib.sources import pg_statistics as stats
+from runbook_lib.lab import workload
+from runbook_lib.lab.servers import PostgresServer
 from runbook_lib.settings import Settings
 
 RESULTS = ROOT / "benchmarks" / "results" / "index_effect.json"
@@ -74,7 +76,7 @@ def propose_and_apply(dsn: str, sizes: dict, requests: int, run_dir: Path) -> li
         start = stats.collect(conn)
         workload.run_requests(dsn, requests, sizes["users"], sizes["products"], seed_value=1)
         end = stats.collect(conn)
-        snap = stats.to_snapshots(start, end, requests)
+        snap = db_dx.to_snapshots(start, end, requests)
         proposals = advisor.advise(conn, snap.statements, snap.tables, snap.indexes).proposals
     settings = Settings.model_validate({
         "incident": {"id": "bench-index-effect", "title": "index effect benchmark"}, "mode": "lab",

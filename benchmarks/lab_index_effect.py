@@ -29,7 +29,7 @@ from runbook_lib.actions import CreateIndex, execute, rollback_run
 from runbook_lib.lab import seed as seeding
 from runbook_lib.lab import stack
 from runbook_lib.lab.load import INCIDENT_RATE, LoadSpec, run_load_sync
-from runbook_lib.services import wait_until
+from runbook_lib.lab.servers import wait_until
 from runbook_lib.settings import Settings
 
 RESULTS = ROOT / "benchmarks" / "results" / "lab_index_effect.json"

@@ -37,7 +37,7 @@ from runbook_lib.lab import seed as seeding
 from runbook_lib.lab import stack
 from runbook_lib.lab.config import CONFIG_FILE, HEALTHY, REDIS_MAXMEMORY, patch_config
 from runbook_lib.lab.load import INCIDENT_RATE, LoadSpec, run_load_sync
-from runbook_lib.services import wait_until
+from runbook_lib.lab.servers import wait_until
 
 RESULTS = ROOT / "benchmarks" / "results" / "lab_shape.json"
 SCRAPE_WAIT_S = 10.0

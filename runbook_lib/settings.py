@@ -28,9 +28,9 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import SecretError, SettingsError
-from .redact import register_secret
-from .signals import CATALOG, DEFAULT_SIGNALS
+from runbook_lib.errors import SecretError, SettingsError
+from runbook_lib.redaction import register_secret
+from runbook_lib.signal_catalog import CATALOG, DEFAULT_SIGNALS
 
 
 def project_root() -> Path:
@@ -39,10 +39,39 @@ def project_root() -> Path:
     return Path(env).resolve() if env else Path(__file__).resolve().parent.parent
 
 
+# ``${NAME}`` or ``${NAME:-default}`` in a path parameter: the same syntax as a POSIX shell, so a parameters
+# file can point at a folder another tool chose (the lab's state folder is ``$RUNBOOK_LAB_DIR``).
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """``${NAME}`` / ``${NAME:-default}`` replaced from the environment; an unset NAME without a default is an
+    error naming it (a path silently missing a folder would point somewhere else)."""
+
+    def one(m: re.Match) -> str:
+        value = os.environ.get(m.group(1))
+        if value:
+            return value
+        if m.group(2) is not None:
+            return m.group(2)
+        raise SettingsError(f"{text!r} names ${{{m.group(1)}}}, which is not set",
+                            hint=f"export {m.group(1)}=... or write ${{{m.group(1)}:-default}} in the parameters")
+
+    return _ENV_REF.sub(one, text)
+
+
 def resolve_path(p: str | Path) -> Path:
-    """Relative paths in parameters are relative to the project root, wherever the kernel runs."""
-    p = Path(p).expanduser()
+    """Relative paths in parameters are relative to the project root, wherever the kernel runs;
+    ``${NAME:-default}`` is taken from the environment (``expand_env``)."""
+    p = Path(expand_env(str(p))).expanduser()
     return p if p.is_absolute() else project_root() / p
+
+
+# The cache is sized for the SLO's hit ratio plus this margin: a one-minute window of the lab's traffic
+# has about +/-2 points of sampling noise (benchmarks/cache_recovery.py), so a cache sized exactly for
+# 0.80 would read under its SLO half of the time; 0.80 + 0.05 is issue 6's 85%.
+CACHE_TARGET_MARGIN = 0.05
+MAX_CACHE_TARGET = 0.99
 
 
 class _Model(BaseModel):
@@ -100,7 +129,7 @@ class PrometheusSource(_Model):
     timeout_s: float = Field(30.0, gt=0)
     verify_tls: bool = True
     events_file: str | None = Field(None, description="JSON Lines of {time, label, kind} drawn as chart markers "
-                                                      "(a deploy log); lab mode: the lab's events.jsonl")
+                                                      "(a deploy log); ${NAME:-default} is read from the environment")
 
     @field_validator("url")
     @classmethod
@@ -145,6 +174,8 @@ class Window(_Model):
     end: datetime | None = None
     last: str | None = Field(None, pattern=r"^\d+[smhd]$", description="instead of start/end: e.g. '3h' before now")
     step_seconds: int = Field(30, ge=1, le=3600)
+    start_at_event: str | None = Field(None, description="without start/last: start at the last event with this "
+                                                         "label in source.events_file, end now")
 
     @field_validator("start", "end")
     @classmethod
@@ -159,6 +190,8 @@ class Window(_Model):
             raise ValueError("window.end must be after window.start")
         if self.last and (self.start or self.end):
             raise ValueError("give either window.last or window.start/end, not both")
+        if self.start_at_event is not None and (self.start or self.last):
+            raise ValueError("give either window.start_at_event or window.start/last, not both")
         return self
 
 
@@ -166,6 +199,30 @@ class Slo(_Model):
     latency_p95_ms: float = Field(100.0, gt=0)
     error_ratio: float = Field(0.01, ge=0, le=1)
     cache_hit_ratio: float = Field(0.80, ge=0, le=1)
+
+    def targets(self) -> dict[str, float]:
+        """The SLO by signal name: what the charts draw as dotted lines and the validation checks."""
+        return {"latency_p95_ms": self.latency_p95_ms, "error_ratio": self.error_ratio,
+                "cache_hit_ratio": self.cache_hit_ratio}
+
+    def cache_sizing_target(self) -> float:
+        """The hit ratio the cache is sized for: the SLO's plus CACHE_TARGET_MARGIN (capped)."""
+        return min(self.cache_hit_ratio + CACHE_TARGET_MARGIN, MAX_CACHE_TARGET)
+
+
+class App(_Model):
+    """The application under repair, for the ``app.config`` and ``cache.warm`` actions and the evidence.
+
+    ``config_file``: a JSON object of the app's knobs that the app re-reads (a mounted ConfigMap, the lab's
+    config.json); ``base_url``: where cache warming fetches the pages that fill keys."""
+
+    config_file: str | None = Field(None, description="JSON file of the app's knobs; ${NAME:-default} allowed")
+    base_url: str | None = Field(None, description="the app's base URL, e.g. http://127.0.0.1:18080")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_inline_credentials(cls, v: str | None) -> str | None:
+        return v if v is None else _refuse_inline_password(v, "a header the app accepts")
 
 
 class Remediation(_Model):
@@ -207,6 +264,7 @@ class Settings(_Model):
     remediation: Remediation = Remediation()
     postgres: Postgres | None = None
     redis: Redis | None = None
+    app: App = App()
 
     @field_validator("signals")
     @classmethod
@@ -222,6 +280,12 @@ class Settings(_Model):
             if not (self.remediation.approved_by and self.remediation.change_ticket):
                 raise ValueError("live mode with remediation.apply: true needs remediation.approved_by "
                                  "and remediation.change_ticket")
+        return self
+
+    @model_validator(mode="after")
+    def _event_start_needs_events(self):
+        if self.window.start_at_event is not None and not getattr(self.source, "events_file", None):
+            raise ValueError("window.start_at_event needs source.events_file (a Prometheus source's event log)")
         return self
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook_lib.services import PostgresServer, PrometheusServer, RedisServer
+from runbook_lib.lab.servers import PostgresServer, PrometheusServer, RedisServer
 
 
 def make_server_dir(prefix: str) -> Path:

@@ -15,7 +15,7 @@ from test_actions_support import (
 )
 
 from runbook_lib.actions import CreateIndex, RedisConfigSet, execute
-from runbook_lib.cli import main
+from runbook_lib.cli.app import main
 
 pytestmark = pytest.mark.slow
 pg_dsn = test_actions_support.pg_dsn  # the fixture: a fresh database per test

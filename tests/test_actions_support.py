@@ -16,7 +16,7 @@ import redis
 import yaml
 from psycopg import sql
 
-from runbook_lib.rundir import AUDIT_FILE
+from runbook_lib.run_folder import AUDIT_FILE
 from runbook_lib.settings import Settings
 
 PLANTED = "planted-s3cret-XYZ"

@@ -28,7 +28,7 @@ from runbook_lib.actions.postgres_index import MAX_IDENTIFIER_BYTES, default_ind
 from runbook_lib.actions.redis_config import memory_bytes
 from runbook_lib.actions.rollback import to_undo
 from runbook_lib.errors import SettingsError
-from runbook_lib.redact import register_secret
+from runbook_lib.redaction import register_secret
 from runbook_lib.settings import Remediation, load_settings
 
 

@@ -11,11 +11,12 @@ import redis
 from test_actions_support import audit_lines, make_settings, redis_config, steps
 
 from runbook_lib.actions import ActionInputError, AuditLog, RedisConfigSet, execute, rollback_run
-from runbook_lib.actions.app_config import AppConfig, PlannedOnly, app_endpoint, configmap_patch
+from runbook_lib.actions.app_config import AppConfig, app_endpoint, configmap_patch
+from runbook_lib.actions.errors import PlannedOnly
 from runbook_lib.actions.rollback import undo
 from runbook_lib.actions.targets import Targets
 from runbook_lib.lab.config import DEGRADED, EVENTS_FILE, read_config, write_config
-from runbook_lib.services import free_port, kill_pid, wait_until
+from runbook_lib.lab.servers import free_port, kill_pid, wait_until
 
 CHANGE = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru"}
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 from test_cache_support import PAGES, TOTAL, FakeApp, build_keyspace
 
-from runbook_lib.cli import main
+from runbook_lib.cli.app import main
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_text_report_and_password_from_env(private_redis, capsys, monkeypatch):
     (["--redis", "redis://127.0.0.1:{closed}/0", "--password-env", "RUNBOOK_SECRET_NOT_SET"], "is not set"),
 ])
 def test_bad_input_is_one_line_with_a_hint(argv, message, capsys):
-    from runbook_lib.services import free_port
+    from runbook_lib.lab.servers import free_port
 
     argv = [a.replace("{closed}", str(free_port())) for a in argv]
     assert main(["diagnose", "cache", *argv]) == 2
@@ -69,7 +69,7 @@ def test_bad_input_is_one_line_with_a_hint(argv, message, capsys):
 def test_app_ratio_and_route_requests_from_prometheus():
     from urllib.parse import parse_qs, urlsplit
 
-    from runbook_lib.cache.collect import app_cache_from_prometheus, route_requests_from_prometheus
+    from runbook_lib.sources.redis_snapshot import app_cache_from_prometheus, route_requests_from_prometheus
 
     queries = []
 

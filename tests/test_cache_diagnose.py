@@ -20,12 +20,12 @@ from test_cache_support import (
     info,
 )
 
-from runbook_lib.cache import collect as col
-from runbook_lib.cache import recommend as rec
-from runbook_lib.cache.report import build_report, hypothesis_snapshots, render_text
-from runbook_lib.diagnose import cache as dx
-from runbook_lib.diagnose.hypotheses import Snapshots
-from runbook_lib.services import wait_until
+from runbook_lib.sources import redis_snapshot as col
+from runbook_lib.plan import cache_sizing as rec
+from runbook_lib.report.cache_diagnosis import build_report, hypothesis_snapshots, render_text
+from runbook_lib.diagnose import cache_keys as dx
+from runbook_lib.model import Snapshots
+from runbook_lib.lab.servers import wait_until
 from runbook_lib.settings import project_root
 
 FIXTURE_KEYS = project_root() / "fixtures/d2-synthetic/snapshots/redis_keys.csv"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runbook_lib.cache import recommend as rec
-from runbook_lib.cache import simulate as sim
-from runbook_lib.cache import warm
+from runbook_lib.plan import cache_sizing as rec
+from runbook_lib.plan import cache_simulation as sim
+from runbook_lib.plan import cache_warming as warm
 
 # The lab's load (runbook_lib/lab/load.py at 18 req/s): users pages, user orders, products, dashboard.
 LAB = [(9.9, 1.1, 4000), (4.5, 1.1, 100_000), (2.7, 1.1, 50), (0.9, 1.1, 1)]

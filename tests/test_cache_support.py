@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
 
-from runbook_lib.services import free_port
+from runbook_lib.lab.servers import free_port
 
 PAGES, VERSIONS, INTERVAL_DS = 20, 10, 200  # 200 deciseconds = 20 s between versions
 SEARCH_LOGICAL = 50

@@ -13,8 +13,8 @@ from test_cache_support import FakeApp
 
 from runbook_lib.actions import ActionFailed, execute
 from runbook_lib.actions.cache_warm import CacheWarm
-from runbook_lib.cache import warm as w
-from runbook_lib.cache.errors import CacheWarmError
+from runbook_lib.plan import cache_warming as w
+from runbook_lib.actions.errors import CacheWarmError
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_warm_fills_the_ranked_keys_within_the_concurrency_limit(private_redis):
             with lock:
                 in_flight[0] -= 1
 
-    from runbook_lib.cache.collect import key_sample
+    from runbook_lib.sources.redis_snapshot import key_sample
 
     items = w.rank_keys(key_sample(r, 1000), 8)
     assert [i.key for i in items] == logical[:8]
@@ -145,8 +145,8 @@ def test_redis_stopping_mid_warm_is_a_clear_error_and_the_audit_log_stays_consis
 
 
 def test_warmed_keys_get_ttl_jitter_so_they_do_not_expire_together(private_redis):
-    from runbook_lib.cache.collect import key_sample
-    from runbook_lib.diagnose.cache import expiry_clusters
+    from runbook_lib.sources.redis_snapshot import key_sample
+    from runbook_lib.diagnose.cache_keys import expiry_clusters
 
     r = redis.Redis.from_url(private_redis.url, socket_timeout=10)
     s = w.warm(r, [f"k{i}" for i in range(200)], lambda k: b"v", ttl_s=1000, concurrency=8, progress=False)

@@ -6,11 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runbook_lib import evidence, steps
-from runbook_lib.diagnose import cache, compare, db, index_candidates, window
+from runbook_lib.steps import evidence, symptom_correlation as steps
+from runbook_lib.diagnose import (
+    cache_keys as cache,
+    statements as db,
+    index_candidates,
+    incident_window as window,
+)
+from runbook_lib.validate import before_after as compare
 from runbook_lib.diagnose.symptoms import first_movers, symptom_table
 from runbook_lib.settings import Slo, load_settings
-from runbook_lib.sources.fixture import FixtureSource
+from runbook_lib.sources.fixture_bundle import FixtureSource
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "fixtures" / "d2-synthetic"
@@ -157,7 +163,7 @@ def test_validation_waits_for_data_after_the_change(bundle):
 
 
 def test_events_table_with_no_events():
-    from runbook_lib.charts import events_table
+    from runbook_lib.report.charts import events_table
 
     assert list(events_table([]).columns) == ["time (UTC)", "kind", "event"]
 
@@ -176,13 +182,13 @@ def test_zero_baseline_and_warm_up_excursion():
 
 
 def _supported_cache() -> list:
-    from runbook_lib.diagnose.hypotheses import Evidence, Hypothesis
+    from runbook_lib.model import Evidence, Hypothesis
 
     return [Hypothesis("cache", "t", "s", "d", [Evidence("hit ratio fell", "80% -> 1%", True, 3)])]
 
 
 def test_cache_actions_take_the_measured_recommendation():
-    from runbook_lib.diagnose.impact import DEFAULT_REDIS, DEFAULT_TTL_S, propose
+    from runbook_lib.plan.ranking import DEFAULT_REDIS, DEFAULT_TTL_S, propose
 
     plan = {"ttl": {"recommended_s": 1800.0, "current_s": 5.0, "reasoning": ["...", "recommended 1800 s"]},
             "memory": {"recommended": "64mb", "recommended_bytes": 64 * 2**20, "current_bytes": 2 * 2**20,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runbook_lib.diagnose.window import find_incident_window
+from runbook_lib.diagnose.incident_window import find_incident_window
 from runbook_lib.settings import load_settings
-from runbook_lib.signals import PRIMARY_SIGNAL
-from runbook_lib.sources.fixture import FixtureSource
+from runbook_lib.signal_catalog import PRIMARY_SIGNAL
+from runbook_lib.sources.fixture_bundle import FixtureSource
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "fixtures" / "d2-latency"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from runbook_lib.lab import stack
-from runbook_lib.services import kill_pid, pid_alive
+from runbook_lib.lab.servers import kill_pid, pid_alive
 from runbook_lib.settings import project_root
 from tests.conftest import lab_pids, make_server_dir
 

@@ -19,7 +19,7 @@ from runbook_lib.lab.config import CONFIG_FILE, DEGRADED, patch_config
 from runbook_lib.lab.load import LoadSpec, run_load_sync
 from runbook_lib.lab.seed import SeedSize
 from runbook_lib.lab.supervisor import BACKEND_DIR, BACKEND_FILE
-from runbook_lib.services import kill_pid, pid_alive, wait_until
+from runbook_lib.lab.servers import kill_pid, pid_alive, wait_until
 from runbook_lib.settings import Settings, project_root, read_yaml
 from tests.conftest import lab_pids, make_server_dir
 
@@ -143,7 +143,7 @@ def test_knobs_change_live_without_restart(lab):
 
 def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
     from runbook_lib.lab.record import parse_when, record
-    from runbook_lib.sources.fixture import FixtureSource
+    from runbook_lib.sources.fixture_bundle import FixtureSource
 
     state, info, _ = lab
     patch_config(state / CONFIG_FILE, orders_query="join")  # an event inside the recorded window
@@ -169,7 +169,7 @@ def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
 
 
 def test_load_switches_profile_midway(lab, capsys):
-    from runbook_lib.cli import main
+    from runbook_lib.cli.app import main
     from runbook_lib.lab.config import EVENTS_FILE, HEALTHY, read_config
 
     state, _, _ = lab
@@ -181,7 +181,7 @@ def test_load_switches_profile_midway(lab, capsys):
 
 
 def test_incident_scenario_leaves_load_running_until_stopped(lab, capsys):
-    from runbook_lib.cli import main
+    from runbook_lib.cli.app import main
     from runbook_lib.lab.config import EVENTS_FILE
     from runbook_lib.lab.scenario import SCENARIO_EVENT, scenario_start
 
@@ -222,7 +222,7 @@ def test_postgres_stops_fast_with_an_idle_client():
     """lab down while a notebook still holds a connection: fast shutdown, not 15 s and a SIGKILL."""
     import time
 
-    from runbook_lib.services import PostgresServer, stop_from_state
+    from runbook_lib.lab.servers import PostgresServer, stop_from_state
 
     d = make_server_dir("pgstop")
     try:

@@ -10,10 +10,11 @@ import pglast
 import pytest
 
 from runbook_lib.actions import ActionInputError, CreateIndex
-from runbook_lib.diagnose import db as db_dx
-from runbook_lib.pg import advisor, explain, pool, rewrite, stats
-from runbook_lib.pg.errors import ExtensionMissing
-from runbook_lib.sources.fixture import FixtureBundle as load_bundle
+from runbook_lib.diagnose import statements as db_dx
+from runbook_lib.plan import index_advisor as advisor, pool_sizing as pool, query_rewrites as rewrite
+from runbook_lib.sources import pg_explain as explain, pg_statistics as stats
+from runbook_lib.errors import ExtensionMissing
+from runbook_lib.sources.fixture_bundle import FixtureBundle as load_bundle
 
 BUNDLE = Path(__file__).resolve().parents[1] / "fixtures" / "d2-synthetic"
 
@@ -221,7 +222,7 @@ def test_rewrite_parent_is_the_statement_whose_rows_feed_the_loop():
 
 
 def test_cli_refuses_bad_arguments_before_connecting(capsys, monkeypatch):
-    from runbook_lib import cli
+    from runbook_lib.cli import app as cli
 
     nowhere = "postgresql://postgres@127.0.0.1:1/none"
     assert cli.main(["diagnose", "db", "--dsn", nowhere, "--window", "7200"]) == 2

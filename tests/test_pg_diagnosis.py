@@ -12,10 +12,14 @@ import pytest
 from psycopg import sql
 from test_actions_support import make_settings, scratch_database
 
-from runbook_lib import cli
+from runbook_lib.cli import app as cli
 from runbook_lib.actions import execute
-from runbook_lib.diagnose import db as db_dx
-from runbook_lib.pg import advisor, live, report, stats, workload
+from runbook_lib.diagnose import statements as db_dx
+from runbook_lib.plan import index_advisor as advisor
+from runbook_lib.steps import live_postgres as live
+from runbook_lib.report import db_diagnosis as report
+from runbook_lib.sources import pg_statistics as stats
+from runbook_lib.lab import workload
 from runbook_lib.settings import Postgres
 
 pytestmark = pytest.mark.slow
@@ -61,7 +65,7 @@ def test_snapshots_have_the_fixture_shapes(window):
 
 def test_n_plus_one_found_with_its_calls_per_request(window):
     start, end = window
-    snap = stats.to_snapshots(start, end, REQUESTS)
+    snap = db_dx.to_snapshots(start, end, REQUESTS)
     n1 = db_dx.n_plus_one(db_dx.fingerprint_groups(snap.statements))
     assert len(n1) == 1
     top = n1.iloc[0]
@@ -78,7 +82,7 @@ def test_n_plus_one_found_with_its_calls_per_request(window):
 def test_advisor_proposes_exactly_the_missing_indexes(seeded, window):
     dsn, _ = seeded
     start, end = window
-    snap = stats.to_snapshots(start, end, REQUESTS)
+    snap = db_dx.to_snapshots(start, end, REQUESTS)
     with stats.connect(dsn) as conn:
         result = advisor.advise(conn, snap.statements, snap.tables, snap.indexes)
     got = {(p.table, tuple(p.columns)) for p in result.proposals}
@@ -226,7 +230,7 @@ def test_proposals_applied_through_the_framework_fix_the_scans(seeded, window, t
     """Last in the module: it creates the indexes. After them the advisor proposes nothing."""
     dsn, sizes = seeded
     start, end = window
-    snap = stats.to_snapshots(start, end, REQUESTS)
+    snap = db_dx.to_snapshots(start, end, REQUESTS)
     with stats.connect(dsn) as conn:
         proposals = advisor.advise(conn, snap.statements, snap.tables, snap.indexes).proposals
     actions = [p.action() for p in proposals]
@@ -236,7 +240,7 @@ def test_proposals_applied_through_the_framework_fix_the_scans(seeded, window, t
     before_ms = snap.statements.set_index("query").loc[workload.USER_ORDERS.replace("%s", "$1", 1)
                                                         .replace("%s", "$2"), "mean_ms"]
     start2, end2 = _window(dsn, sizes)
-    snap2 = stats.to_snapshots(start2, end2, REQUESTS)
+    snap2 = db_dx.to_snapshots(start2, end2, REQUESTS)
     with stats.connect(dsn) as conn:
         again = advisor.advise(conn, snap2.statements, snap2.tables, snap2.indexes)
     assert again.proposals == []

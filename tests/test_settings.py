@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from runbook_lib.errors import SecretError, SettingsError
-from runbook_lib.redact import redact_text
+from runbook_lib.redaction import redact_text
 from runbook_lib.settings import SecretRef, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from runbook_lib.errors import SourceError
-from runbook_lib.services import free_port, kill_pid, wait_until
+from runbook_lib.lab.servers import free_port, kill_pid, wait_until
 from runbook_lib.settings import CloudWatchSource as CloudWatchSettings
 from runbook_lib.sources import cloudwatch as cw_module
 from runbook_lib.sources.cloudwatch import CloudWatchSource, cloudwatch_period

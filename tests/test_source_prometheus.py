@@ -22,7 +22,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from runbook_lib.errors import SecretError, SourceError, UnknownSignalError
-from runbook_lib.services import PrometheusServer, free_port, wait_until
+from runbook_lib.lab.servers import PrometheusServer, free_port, wait_until
 from runbook_lib.settings import PrometheusSource as PrometheusSettings
 from runbook_lib.sources.prometheus import MAX_POINTS_PER_REQUEST, PROMETHEUS_MAX_POINTS, PrometheusSource
 

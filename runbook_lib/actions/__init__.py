@@ -12,20 +12,17 @@ Notebook-facing API::
 Undo: ``rollback_run(run_dir, action_id=None, apply=False)`` or ``runbook rollback RUN_DIR [--apply]``.
 """
 
-from .audit import STEPS, AuditLog, read_audit
-from .base import (
+from runbook_lib.actions.audit import STEPS, AuditLog, read_audit
+from runbook_lib.actions.framework import (
     Action,
     ApplyResult,
-    Outcome,
     Plan,
     RollbackResult,
     VerifyResult,
-    action_kinds,
-    build_action,
-    from_record,
-    register_action,
 )
-from .errors import (
+from runbook_lib.actions.registry import EXECUTORS, action_kinds, build_action, from_record
+from runbook_lib.model import Outcome
+from runbook_lib.actions.errors import (
     ActionError,
     ActionFailed,
     ActionInputError,
@@ -35,24 +32,36 @@ from .errors import (
     TargetError,
     VerifyFailed,
 )
-from .gate import Decision, decide
-from .postgres_index import CreateIndex
-from .redis_config import RedisConfigSet
-from .rollback import histories, rollback_run, unresolved
-from .runner import EFFECT_THRESHOLD, by_signal, classify, execute, outcomes_frame, plans_frame
-from .targets import Targets
+from runbook_lib.actions.approval import Decision, decide
+from runbook_lib.actions.postgres_index import CreateIndex
+from runbook_lib.actions.redis_config import RedisConfigSet
+from runbook_lib.actions.app_config import AppConfig
+from runbook_lib.actions.cache_warm import CacheWarm
+from runbook_lib.actions.rollback import histories, rollback_run, unresolved
+from runbook_lib.actions.execution import (
+    EFFECT_THRESHOLD,
+    by_signal,
+    classify,
+    execute,
+    outcomes_frame,
+    plans_frame,
+)
+from runbook_lib.actions.targets import Targets
 
 __all__ = [
     "EFFECT_THRESHOLD",
+    "EXECUTORS",
     "STEPS",
     "Action",
     "ActionError",
     "ActionFailed",
     "ActionInputError",
     "ApplyResult",
+    "AppConfig",
     "ApprovalRequired",
     "AuditError",
     "AuditLog",
+    "CacheWarm",
     "CreateIndex",
     "Decision",
     "Outcome",
@@ -75,7 +84,6 @@ __all__ = [
     "outcomes_frame",
     "plans_frame",
     "read_audit",
-    "register_action",
     "rollback_run",
     "unresolved",
 ]

@@ -1,11 +1,13 @@
 """AppConfig (kind ``app.config``): the application's cache knobs changed through its config source.
 
 Inputs are the knobs to patch, e.g. ``{"cache_ttl_s": 300}`` or ``{"cache_key_scheme": "normalized"}``
-(the flat form the impact plan emits), validated against the lab's knobs (``lab.config.LabConfig``).
+(the flat form the impact plan emits), validated against the app knobs (``model.AppKnobs``).
 
-* ``via: lab`` (default): the lab's config file is patched through the lab's own API
-  (``lab.config.patch_config``, what ``runbook lab config KEY=VALUE`` does); the backend re-reads it within
-  half a second, without a restart. The prior values are captured first and restored exactly on rollback.
+* ``via: lab`` (default; the app's config *file*): the JSON object in ``config_file`` (the parameters'
+  ``app.config_file``, e.g. the lab's config.json) is rewritten atomically (temp file + rename); the app
+  re-reads it (the lab within half a second, without a restart). The prior values are captured first and
+  restored exactly on rollback. With ``events_file`` (the parameters' ``source.events_file``) each change is
+  also written to that event log as a ``remediation`` marker, so the charts show it.
 * ``via: configmap`` (live): the change is rendered as a Kubernetes ConfigMap JSON merge patch and a
   ``kubectl patch`` command. It is PLANNED ONLY: this runbook has no cluster access, so capture refuses with
   ``PlannedOnly`` (nothing is changed, nothing is verified); apply it yourself from the plan.
@@ -14,15 +16,28 @@ Inputs are the knobs to patch, e.g. ``{"cache_ttl_s": 300}`` or ``{"cache_key_sc
 from __future__ import annotations
 
 import json
+import os
 import shlex
-from dataclasses import fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from .base import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult, register_action, slug
-from .errors import ActionError, ActionInputError
+from runbook_lib.actions.errors import ActionInputError, PlannedOnly
+from runbook_lib.actions.framework import (
+    Action,
+    ApplyResult,
+    Inputs,
+    Plan,
+    RollbackResult,
+    VerifyResult,
+    slug,
+)
+from runbook_lib.errors import AppConfigError
+from runbook_lib.model import AppKnobs, knob_types, knob_value
+from runbook_lib.settings import resolve_path
+from runbook_lib.sources.app_config_file import knobs_from_dict, read_app_config
 
 # The ConfigMap the live app reads its knobs from, unless the inputs name another (namespace/name).
 DEFAULT_CONFIGMAP = "default/api-config"
@@ -30,23 +45,9 @@ DEFAULT_CONFIGMAP = "default/api-config"
 CACHE_KNOBS = ("cache_ttl_s", "cache_key_scheme")
 
 
-class PlannedOnly(ActionError):
-    hint = ("apply the plan's kubectl command yourself (with the cluster's change process), then check the "
-            "app picked it up; the runbook neither applies nor verifies ConfigMap patches")
-
-
-def _knob_types() -> dict[str, str]:
-    from ..lab.config import LabConfig
-
-    return {f.name: str(f.type) for f in fields(LabConfig)}
-
-
 def canonical(name: str, value: Any) -> Any:
     """A knob's value in its type (300, "300" and 300.0 are the same TTL)."""
-    kind = _knob_types()[name]
-    if value is None:
-        return None
-    return {"float": float, "int": int}.get(kind, str)(value)
+    return knob_value(name, value)
 
 
 def _fmt(v: Any) -> str:
@@ -64,25 +65,35 @@ def kubectl_patch(configmap: str, patch: dict[str, Any]) -> str:
             f"--patch {shlex.quote(json.dumps(patch, separators=(',', ':')))}")
 
 
-def lab_config_file(path: str | None = None) -> Path:
-    """The lab's config file: the given path, or ``<lab state folder>/config.json``."""
-    from ..lab.config import CONFIG_FILE
-    from ..lab.stack import state_dir
+def write_app_config(path: str | Path, knobs: AppKnobs) -> None:
+    """Write the whole knobs object atomically (temp file + rename): a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(knobs.as_dict(), indent=2) + "\n")
+    tmp.replace(path)
 
-    return Path(path).resolve() if path else state_dir() / CONFIG_FILE
+
+def patch_app_config(path: str | Path, changes: dict[str, Any]) -> AppKnobs:
+    """Change some knobs, keep the others (``kubectl patch`` for a file). Validated before anything is written."""
+    new = knobs_from_dict(changes, base=read_app_config(path))
+    write_app_config(path, new)
+    return new
 
 
-def app_endpoint(settings) -> str:
-    """Where an ``app`` family change goes, for the audit lines (``Targets.endpoint("app")``)."""
-    if settings.mode == "live":
-        return "app config: ConfigMap (live, planned only)"
-    return f"app config: {lab_config_file()}"
+def append_change_event(events_file: str | Path, changes: dict[str, Any]) -> None:
+    """A ``remediation`` marker in the event log the charts read (JSON Lines of {time, label, kind})."""
+    line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="seconds"),
+                       "label": "config patch: " + " ".join(f"{k}={v}" for k, v in sorted(changes.items())),
+                       "kind": "remediation"})
+    with open(resolve_path(events_file), "a") as f:
+        f.write(line + "\n")
 
 
 class AppConfigInputs(Inputs):
     changes: dict[str, Any]
     via: Literal["lab", "configmap"] = "lab"
-    config_file: str | None = None  # lab: default <lab state>/config.json
+    config_file: str | None = None  # the app's config file (the parameters' app.config_file)
+    events_file: str | None = None  # where the change is marked for the charts (source.events_file)
     configmap: str = DEFAULT_CONFIGMAP  # live: namespace/name
 
     @model_validator(mode="before")
@@ -90,18 +101,16 @@ class AppConfigInputs(Inputs):
     def _flat(cls, data: Any) -> Any:
         """Also accept the flat form the impact plan uses: ``{cache_ttl_s: 300}``."""
         if isinstance(data, dict) and "changes" not in data:
-            own = {k: data[k] for k in ("via", "config_file", "configmap") if k in data}
+            own = {k: data[k] for k in ("via", "config_file", "events_file", "configmap") if k in data}
             return {"changes": {k: v for k, v in data.items() if k not in own}, **own}
         return data
 
     @field_validator("changes", mode="before")
     @classmethod
     def _known(cls, v: Any) -> Any:
-        from ..lab.config import HEALTHY, LabConfigError, from_dict
-
         if not isinstance(v, dict) or not v:
             raise ValueError("changes must map at least one app knob to a value")
-        types = _knob_types()
+        types = knob_types()
         unknown = sorted(set(v) - set(types))
         if unknown:
             raise ValueError(f"unknown app knob(s) {', '.join(unknown)}; known: {', '.join(types)}")
@@ -110,8 +119,8 @@ class AppConfigInputs(Inputs):
         except (TypeError, ValueError) as e:
             raise ValueError(f"bad value: {e}") from None
         try:
-            from_dict({**HEALTHY.as_dict(), **out})
-        except LabConfigError as e:
+            knobs_from_dict(out, base=AppKnobs())
+        except AppConfigError as e:
             raise ValueError(str(e)) from None
         return out
 
@@ -123,7 +132,6 @@ class AppConfigInputs(Inputs):
         return v
 
 
-@register_action
 class AppConfig(Action):
     kind = "app.config"
     family = "app"
@@ -147,8 +155,8 @@ class AppConfig(Action):
         return self.inputs.via == "configmap"
 
     @property
-    def path(self) -> Path:
-        return lab_config_file(self.inputs.config_file)
+    def path(self) -> Path | None:
+        return resolve_path(self.inputs.config_file) if self.inputs.config_file else None
 
     @property
     def id(self) -> str:
@@ -163,11 +171,12 @@ class AppConfig(Action):
     def target(self) -> str:
         if self.live:
             return f"ConfigMap {self.inputs.configmap} (planned only: not applied, not verified)"
-        return f"lab app config {self.path}"
+        return f"lab app config {self.path or '(app.config_file not set)'}"
 
     def _lab_cmd(self, values: dict[str, Any]) -> str:
-        return (f"runbook lab config --state {shlex.quote(str(self.path.parent))} "
-                + " ".join(shlex.quote(f"{k}={_fmt(v)}") for k, v in values.items()))
+        """The command that makes the same change by hand (the lab's CLI patches its config file)."""
+        state = shlex.quote(str(self.path.parent)) if self.path else "<folder of app.config_file>"
+        return f"runbook lab config --state {state} " + " ".join(shlex.quote(f"{k}={_fmt(v)}") for k, v in values.items())
 
     def plan(self) -> Plan:
         placeholder = {k: f"<prior {k}>" for k in self.names}
@@ -199,26 +208,30 @@ class AppConfig(Action):
         if getattr(getattr(targets, "settings", None), "mode", None) == "live":
             raise ActionInputError(f"{self.id}: live mode cannot patch the lab's config file",
                                    hint="use via: configmap (a planned ConfigMap patch) in live mode")
+        if self.path is None:
+            raise ActionInputError(f"{self.id}: no app config file to patch",
+                                   hint="set app.config_file in the parameters (the app's JSON knobs file)")
 
     def capture(self, targets) -> dict[str, Any]:
-        from ..lab.config import read_config
-
         self._refuse(targets)
-        cfg = read_config(self.path)
+        cfg = read_app_config(self.path)
         return {k: getattr(cfg, k) for k in self.names}
 
     def _matches(self, state: dict[str, Any], wanted: dict[str, Any]) -> bool:
         return all(canonical(k, state.get(k)) == canonical(k, wanted.get(k)) for k in self.names)
 
+    def _patch(self, values: dict[str, Any]) -> None:
+        patch_app_config(self.path, values)
+        if self.inputs.events_file:
+            append_change_event(self.inputs.events_file, values)
+
     def is_applied(self, state: dict[str, Any]) -> bool:
         return self._matches(state, self.inputs.changes)
 
     def apply(self, targets) -> ApplyResult:
-        from ..lab.config import patch_config
-
         if self.is_applied(self.capture(targets)):
             return ApplyResult(False, "already applied")
-        patch_config(self.path, **self.inputs.changes)
+        self._patch(self.inputs.changes)
         return ApplyResult(True, "patched " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.inputs.changes.items()),
                            [self._lab_cmd(self.inputs.changes)])
 
@@ -230,11 +243,9 @@ class AppConfig(Action):
         return VerifyResult(False, f"{self.path.name} holds {state}, not {self.inputs.changes}", state)
 
     def rollback(self, targets, prior: dict[str, Any]) -> RollbackResult:
-        from ..lab.config import patch_config
-
         if self._matches(self.capture(targets), prior):
             return RollbackResult(False, "nothing to undo: the prior values are in place")
         values = {k: prior[k] for k in self.names}
-        patch_config(self.path, **values)
+        self._patch(values)
         return RollbackResult(True, "restored " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()),
                               [self._lab_cmd(values)])

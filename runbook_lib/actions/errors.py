@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import RunbookError
+from runbook_lib.errors import RunbookError
 
 
 class ActionError(RunbookError):
@@ -37,3 +37,19 @@ class AuditError(ActionError):
 
 class RollbackError(ActionError):
     hint = "list the run's actions with: runbook rollback RUN_DIR (dry run) and pick an --action ID from it"
+
+
+class PlannedOnly(ActionError):
+    hint = ("apply the plan's kubectl command yourself (with the cluster's change process), then check the "
+            "app picked it up; the runbook neither applies nor verifies ConfigMap patches")
+
+
+class CacheWarmError(ActionError):
+    """Warming stopped before it finished. ``summary`` says what was warmed, skipped and failed so far."""
+
+    hint = ("what was warmed so far stays in the cache and expires with its TTL; fix the cause and warm "
+            "again (keys already present are skipped)")
+
+    def __init__(self, message: str, summary: dict | None = None, hint: str | None = None):
+        super().__init__(message, hint)
+        self.summary = summary or {}

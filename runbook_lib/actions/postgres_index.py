@@ -36,13 +36,25 @@ import psycopg
 from psycopg import sql
 from pydantic import Field, field_validator
 
-from ..pg import explain
-from ..pg.errors import PgDiagnosisError
-from .base import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult, register_action, slug
-from .errors import ActionFailed, ActionInputError
+from runbook_lib.sources import pg_explain as explain
+from runbook_lib.errors import PgDiagnosisError
+from runbook_lib.actions.framework import (
+    Action,
+    ApplyResult,
+    Inputs,
+    Plan,
+    RollbackResult,
+    VerifyResult,
+    slug,
+)
+from runbook_lib.actions.errors import ActionFailed, ActionInputError
+from runbook_lib.plan.index_ddl import (
+    MAX_VERIFY_STATEMENTS,
+    check_identifier,
+    create_index_statement,
+    default_index_name,
+)
 
-# PostgreSQL truncates identifiers longer than NAMEDATALEN - 1 = 63 bytes.
-MAX_IDENTIFIER_BYTES = 63
 # How long the index build may wait for its SHARE UPDATE EXCLUSIVE lock before giving up: long
 # enough for ordinary transactions to finish, short enough not to queue behind a long one
 # (and queue everything else behind us) during an incident.
@@ -60,8 +72,6 @@ RETRY_BACKOFF_MAX_S = 8.0
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha1(b"runbook.postgres.create_index").digest()[:8], "big", signed=True)
 # Dropping the leftover of a failed build gets this statement_timeout (the build's own may be what ran out).
 LEFTOVER_DROP_TIMEOUT_MS = 60_000
-# At most this many statements are EXPLAINed by verify.
-MAX_VERIFY_STATEMENTS = 20
 
 # Test hook / override: how apply waits between retries (bounded by RETRY_BACKOFF_MAX_S per wait).
 backoff_wait: Callable[[float], None] = time.sleep
@@ -79,14 +89,6 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'm')
 """
-
-
-def _check_identifier(v: str) -> str:
-    if not v or len(v.encode()) > MAX_IDENTIFIER_BYTES:
-        raise ValueError(f"identifier {v!r} must be 1..{MAX_IDENTIFIER_BYTES} bytes")
-    if "\x00" in v:
-        raise ValueError("identifier contains a NUL byte")
-    return v
 
 
 class CreateIndexInputs(Inputs):
@@ -113,26 +115,16 @@ class CreateIndexInputs(Inputs):
     @field_validator("table", "schema_name", "name")
     @classmethod
     def _ident(cls, v: str | None) -> str | None:
-        return v if v is None else _check_identifier(v)
+        return v if v is None else check_identifier(v)
 
     @field_validator("columns")
     @classmethod
     def _cols(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError("a column is listed twice")
-        return [_check_identifier(c) for c in v]
+        return [check_identifier(c) for c in v]
 
 
-def default_index_name(table: str, columns: list[str]) -> str:
-    """``ix_<table>_<col>_<col>``; a name too long for PostgreSQL is cut and given a short hash."""
-    name = "ix_" + "_".join([table, *columns])
-    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return name.encode()[: MAX_IDENTIFIER_BYTES - 9].decode(errors="ignore") + "_" + digest
-
-
-@register_action
 class CreateIndex(Action):
     kind = "postgres.create_index"
     family = "postgres"
@@ -176,11 +168,8 @@ class CreateIndex(Action):
             sql.Literal(f"{self.inputs.statement_timeout_ms}ms"), sql.SQL(str(ADVISORY_LOCK_KEY)))
 
     def _create(self) -> sql.Composed:
-        return sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
-            sql.Identifier(self.index_name),
-            sql.Identifier(self.inputs.schema_name, self.inputs.table),
-            sql.SQL(", ").join(sql.Identifier(c) for c in self.inputs.columns),
-        )
+        return create_index_statement(self.inputs.schema_name, self.inputs.table, self.inputs.columns,
+                                      self.index_name)
 
     def _drop(self) -> sql.Composed:
         return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(

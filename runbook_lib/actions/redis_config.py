@@ -17,8 +17,16 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
-from .base import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult, register_action, slug
-from .errors import ActionInputError
+from runbook_lib.actions.framework import (
+    Action,
+    ApplyResult,
+    Inputs,
+    Plan,
+    RollbackResult,
+    VerifyResult,
+    slug,
+)
+from runbook_lib.actions.errors import ActionInputError
 
 # Redis memory units (redis.conf header): k=1000, kb=1024, m=10^6, mb=1024^2, g=10^9, gb=1024^3.
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
@@ -93,7 +101,6 @@ class RedisConfigInputs(Inputs):
         return out
 
 
-@register_action
 class RedisConfigSet(Action):
     kind = "redis.config_set"
     family = "redis"

@@ -11,15 +11,14 @@ recorded in every audit line and checked again before a rollback.
 from __future__ import annotations
 
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import psycopg
 import redis
-from psycopg.conninfo import conninfo_to_dict
 
-from ..redact import redact_text
-from ..settings import Settings
-from .errors import TargetError
+from runbook_lib.redaction import postgres_endpoint, redact_text, redis_endpoint
+from runbook_lib.settings import Settings
+from runbook_lib.actions.errors import TargetError
+from runbook_lib.errors import TargetUnreachable
 
 # Bounded connects: a server that does not answer in this many seconds is reported, not waited on.
 CONNECT_TIMEOUT_S = 10
@@ -28,18 +27,11 @@ REDIS_SOCKET_TIMEOUT_S = 10
 APPLICATION_NAME = "runbook-remediation"
 
 
-def postgres_endpoint(dsn: str) -> str:
-    try:
-        d = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "postgres (unparseable dsn)"
-    return f"postgres://{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', d.get('user', ''))}"
-
-
-def redis_endpoint(url: str) -> str:
-    p = urlsplit(url)
-    db = (p.path or "/0").lstrip("/") or "0"
-    return f"redis://{p.hostname or 'localhost'}:{p.port or 6379}/{db}"
+def app_endpoint(settings) -> str:
+    """Where an ``app`` family change goes, for the audit lines (``Targets.endpoint("app")``)."""
+    if settings.mode == "live":
+        return "app config: ConfigMap (live, planned only)"
+    return f"app config: {settings.app.config_file or '(app.config_file not set)'}"
 
 
 class Targets:
@@ -62,8 +54,6 @@ class Targets:
         if family == "redis":
             return redis_endpoint(self._redis_settings().url)
         if family == "app":
-            from .app_config import app_endpoint
-
             return app_endpoint(self.settings)
         raise TargetError(f"unknown target family {family!r}")
 
@@ -87,7 +77,7 @@ class Targets:
             try:
                 self._pg = psycopg.connect(cfg.dsn, **kwargs)
             except psycopg.Error as e:
-                raise TargetError(f"cannot connect to {self.endpoint('postgres')}: "
+                raise TargetUnreachable(self.endpoint("postgres"), f"cannot connect to {self.endpoint('postgres')}: "
                                   f"{redact_text(str(e).strip().splitlines()[0] if str(e) else type(e).__name__)}"
                                   ) from None
         return self._pg
@@ -102,7 +92,7 @@ class Targets:
                 client.ping()
             except redis.RedisError as e:
                 client.close()
-                raise TargetError(f"cannot connect to {self.endpoint('redis')}: {redact_text(str(e))}") from None
+                raise TargetUnreachable(self.endpoint("redis"), f"cannot connect to {self.endpoint('redis')}: {redact_text(str(e))}") from None
             self._redis = client
         return self._redis
 

@@ -8,73 +8,25 @@ that could be evaluated. Pure: no I/O.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from ..signals import PRIMARY_SIGNAL
-from . import cache as cache_dx
-from . import db as db_dx
+from runbook_lib.signal_catalog import PRIMARY_SIGNAL
+from runbook_lib.diagnose import cache_keys as cache_dx
+from runbook_lib.diagnose import statements as db_dx
+from runbook_lib.model import Evidence, Hypothesis, Snapshots
 
 # Pool "saturated" when in-use connections sit at >= 95% of the pool size for most of the incident.
 POOL_SATURATED_SHARE = 0.95
 # DB queries per HTTP request growing by more than this factor means work per request exploded
 # (not just more traffic).
 QUERIES_PER_REQUEST_GROWTH = 3.0
-# Confidence labels.
-CONFIDENCE_LABELS = ((0.75, "high"), (0.45, "medium"), (0.0, "low"))
 
 
-@dataclass
-class Evidence:
-    check: str
-    observed: str
-    supports: bool
-    weight: float = 1.0
 
 
-@dataclass
-class Hypothesis:
-    category: str  # cache | database | application | infrastructure
-    title: str
-    statement: str
-    disprove_by: str
-    evidence: list[Evidence] = field(default_factory=list)
-    first_onset: str | None = None
-
-    @property
-    def confidence(self) -> float:
-        total = sum(e.weight for e in self.evidence)
-        return round(sum(e.weight for e in self.evidence if e.supports) / total, 3) if total else 0.0
-
-    @property
-    def confidence_label(self) -> str:
-        return next(label for bar, label in CONFIDENCE_LABELS if self.confidence >= bar)
-
-    @property
-    def disproved(self) -> bool:
-        return self.confidence < CONFIDENCE_LABELS[1][0]
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.update(confidence=self.confidence, confidence_label=self.confidence_label, disproved=self.disproved)
-        return d
 
 
-@dataclass
-class Snapshots:
-    """What the snapshots say, already reduced to deltas (any part may be missing)."""
-
-    statements: pd.DataFrame | None = None  # statement_deltas + per_request
-    tables: pd.DataFrame | None = None  # table_deltas
-    indexes: pd.DataFrame | None = None
-    activity: pd.DataFrame | None = None
-    redis: dict | None = None  # info_deltas
-    ttl: dict | None = None  # ttl_summary
-    key_patterns: pd.DataFrame | None = None
-    keys: pd.DataFrame | None = None  # the key sample itself (key, type, ttl_s, memory_bytes)
-    app_config: dict | None = None
-    cache_plan: dict | None = None  # cache.recommend.recommend: TTL, maxmemory, policy with the reasoning
 
 
 def _fmt_ratio(r: float) -> str:

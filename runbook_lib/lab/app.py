@@ -49,7 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .config import POLL_INTERVAL_S, ConfigWatcher, LabConfig
+from runbook_lib.lab.config import POLL_INTERVAL_S, ConfigWatcher, LabConfig
 
 # Latency buckets from 1 ms to 10 s: the healthy p95 is a few ms, the degraded one hundreds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25,

@@ -11,22 +11,22 @@ import asyncio
 import json
 from pathlib import Path
 
-from .config import CONFIG_FILE, PROFILES, parse_assignments, patch_config, read_config
-from .errors import LabError, LabNotRunning
-from .load import INCIDENT_RATE
-from .scenario import DEFAULT_BACKGROUND_S, DEFAULT_BASELINE_S, DEFAULT_INCIDENT_S
+from runbook_lib.lab.config import CONFIG_FILE, PROFILES, parse_assignments, patch_config, read_config
+from runbook_lib.lab.errors import LabError, LabNotRunning
+from runbook_lib.lab.load import INCIDENT_RATE
+from runbook_lib.lab.scenario import DEFAULT_BACKGROUND_S, DEFAULT_BASELINE_S, DEFAULT_INCIDENT_S
 
 STEADY_DURATION_S = 60.0  # `--scenario steady` without --duration
 
 
 def _state(args) -> Path:
-    from .stack import state_dir
+    from runbook_lib.lab.stack import state_dir
 
     return Path(args.state).resolve() if args.state else state_dir()
 
 
 def _cmd_up(args) -> int:
-    from .stack import up
+    from runbook_lib.lab.stack import up
 
     info = up(_state(args), scale=args.scale, seed_value=args.seed, profile=args.profile, ports=args.ports)
     if info["already_running"]:
@@ -44,7 +44,7 @@ def _cmd_up(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from .stack import status
+    from runbook_lib.lab.stack import status
 
     st = status(_state(args))
     if args.json:
@@ -63,7 +63,7 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_down(args) -> int:
-    from .stack import down
+    from runbook_lib.lab.stack import down
 
     stopped = down(_state(args))
     print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
@@ -71,10 +71,10 @@ def _cmd_down(args) -> int:
 
 
 def _cmd_load(args) -> int:
-    from .load import LoadSpec, run_load_sync
-    from .scenario import run_scenario, stop_load
-    from .seed import SeedSize
-    from .stack import read_lab, status
+    from runbook_lib.lab.load import LoadSpec, run_load_sync
+    from runbook_lib.lab.scenario import run_scenario, stop_load
+    from runbook_lib.lab.seed import SeedSize
+    from runbook_lib.lab.stack import read_lab, status
 
     state = _state(args)
     if args.stop:
@@ -128,8 +128,8 @@ def _parse_switch(item: str, duration: float) -> tuple[float, str]:
 
 async def _load_with_switches(url: str, spec, state: Path, schedule: list[tuple[float, str]]):
     """The load, with profile switches at given seconds into it (a 'deploy' and a 'fix' on the timeline)."""
-    from .load import run_load
-    from .stack import apply_profile
+    from runbook_lib.lab.load import run_load
+    from runbook_lib.lab.stack import apply_profile
 
     async def switches():
         t0 = asyncio.get_running_loop().time()
@@ -153,7 +153,7 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_profile(args) -> int:
-    from .stack import apply_profile
+    from runbook_lib.lab.stack import apply_profile
 
     for action in apply_profile(args.profile, _state(args)):
         print(action)
@@ -163,7 +163,7 @@ def _cmd_profile(args) -> int:
 def _cmd_record(args) -> int:
     from datetime import UTC, datetime
 
-    from .record import parse_when, record
+    from runbook_lib.lab.record import parse_when, record
 
     now = datetime.now(UTC)
     start, end = parse_when(args.start, now), parse_when(args.end, now)
@@ -179,7 +179,7 @@ def register(subparsers) -> None:
     lab = subparsers.add_parser("lab", help="the incident lab: real PostgreSQL, Redis, Prometheus and backend")
     sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state", help="lab state folder (default: $RUNBOOK_LAB_DIR or /tmp/runbook-lab-<hash>)")
+    common.add_argument("--state", help="lab state folder (default: $RUNBOOK_LAB_DIR or /tmp/runbook-lab)")
 
     p = sub.add_parser("up", parents=[common], help="start the lab (degraded by default); idempotent")
     p.add_argument("--scale", type=float, default=1.0, help="data size; 1.0 = 100k users, 1M orders, 50k products")

@@ -12,58 +12,24 @@ The two presets are the seed incident (fixtures/d2-latency, deploy api v2.14.0) 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import LabConfigError
+from runbook_lib.actions.app_config import patch_app_config, write_app_config
+from runbook_lib.errors import AppConfigError
+from runbook_lib.lab.errors import LabConfigError
+from runbook_lib.model import AppKnobs
+from runbook_lib.sources.app_config_file import knobs_from_dict, read_app_config
 
 CONFIG_FILE = "config.json"
 EVENTS_FILE = "events.jsonl"  # next to config.json: profile switches and patches, for the recorder
 # How often replicas look at the config file's mtime: a patch is live within half a second.
 POLL_INTERVAL_S = 0.5
 
-KEY_SCHEMES = ("volatile", "normalized")
-ORDERS_QUERIES = ("n_plus_one", "join")
-# Bounds that keep a typo from taking the machine down (2 cores): more replicas or connections than
-# this only adds contention.
-MAX_REPLICAS = 8
-MAX_POOL = 100
-
-
-@dataclass(frozen=True)
-class LabConfig:
-    """Backend knobs. Defaults are the healthy baseline."""
-
-    cache_ttl_s: float = 300.0           # the fix in the seed incident: TTL 300 s
-    cache_key_scheme: str = "normalized"  # "volatile": the key carries the request timestamp
-    db_pool_max: int = 10
-    db_pool_timeout_s: float = 5.0       # how long a request waits for a pool connection, then 503
-    orders_query: str = "join"           # "n_plus_one": one orders query per listed user
-    replicas: int = 1                    # uvicorn processes sharing the API socket
-
-    def validate(self) -> LabConfig:
-        problems = []
-        if self.cache_ttl_s <= 0:
-            problems.append("cache_ttl_s must be > 0")
-        if self.cache_key_scheme not in KEY_SCHEMES:
-            problems.append(f"cache_key_scheme must be one of {KEY_SCHEMES}")
-        if not 1 <= self.db_pool_max <= MAX_POOL:
-            problems.append(f"db_pool_max must be in 1..{MAX_POOL}")
-        if self.db_pool_timeout_s <= 0:
-            problems.append("db_pool_timeout_s must be > 0")
-        if self.orders_query not in ORDERS_QUERIES:
-            problems.append(f"orders_query must be one of {ORDERS_QUERIES}")
-        if not 1 <= self.replicas <= MAX_REPLICAS:
-            problems.append(f"replicas must be in 1..{MAX_REPLICAS}")
-        if problems:
-            raise LabConfigError("invalid lab config: " + "; ".join(problems))
-        return self
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# The backend's knobs are the product's app knobs (``runbook_lib.model.AppKnobs``): the lab is one app the
+# runbook repairs, and its config file follows the product's app-config-file interface.
+LabConfig = AppKnobs
 
 
 HEALTHY = LabConfig()
@@ -79,56 +45,34 @@ REDIS_POLICY = "allkeys-lru"
 PROFILES = {"degraded": DEGRADED, "healthy": HEALTHY}
 
 
-def _coerce(name: str, value: Any) -> Any:
-    kind = {f.name: f.type for f in fields(LabConfig)}[name]
-    try:
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise LabConfigError(f"{name}={value!r} is not a valid {kind}") from None
-
-
 def from_dict(data: dict[str, Any]) -> LabConfig:
-    known = {f.name for f in fields(LabConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise LabConfigError(f"unknown lab config key(s): {', '.join(unknown)}")
-    return LabConfig(**{k: _coerce(k, v) for k, v in data.items()}).validate()
+    try:
+        return knobs_from_dict(data)
+    except AppConfigError as e:
+        raise LabConfigError(str(e).replace("app config", "lab config"), hint=e.hint) from None
 
 
 def read_config(path: str | Path) -> LabConfig:
-    path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LabConfigError(f"lab config {path} does not exist", hint="start the lab: runbook lab up") from None
-    except json.JSONDecodeError as e:
-        raise LabConfigError(f"lab config {path} is not valid JSON: {e.msg} (line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise LabConfigError(f"lab config {path} must hold a JSON object")
-    return from_dict(data)
+        return read_app_config(path)
+    except AppConfigError as e:
+        raise LabConfigError(str(e).replace("app config", "lab config"),
+                             hint="start the lab: runbook lab up" if "does not exist" in str(e) else None) from None
 
 
 def write_config(path: str | Path, cfg: LabConfig) -> None:
-    path = Path(path)
-    cfg.validate()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
-    tmp.replace(path)
+    problems = cfg.problems()
+    if problems:
+        raise LabConfigError("invalid lab config: " + "; ".join(problems))
+    write_app_config(path, cfg)
 
 
 def patch_config(path: str | Path, **changes: Any) -> LabConfig:
     """Change some knobs, keep the others (``kubectl patch`` for the lab). Returns the new config."""
-    current = read_config(path)
-    known = {f.name for f in fields(LabConfig)}
-    unknown = sorted(set(changes) - known)
-    if unknown:
-        raise LabConfigError(f"unknown lab config key(s): {', '.join(unknown)}")
-    new = replace(current, **{k: _coerce(k, v) for k, v in changes.items()}).validate()
-    write_config(path, new)
+    try:
+        new = patch_app_config(path, changes)
+    except AppConfigError as e:
+        raise LabConfigError(str(e).replace("app config", "lab config"), hint=e.hint) from None
     append_event(Path(path).parent, "config patch: " + " ".join(f"{k}={v}" for k, v in sorted(changes.items())),
                  "remediation")
     return new

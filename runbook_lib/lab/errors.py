@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import RunbookError
+from runbook_lib.errors import RunbookError
 
 
 class LabError(RunbookError):
@@ -19,3 +19,7 @@ class LabConfigError(LabError):
 
 class LoadTargetError(LabError):
     hint = "the load generator only targets loopback addresses (127.0.0.1, ::1, localhost)"
+
+
+class ServiceError(LabError):
+    hint = "see the server's log file named in the message"

@@ -14,24 +14,27 @@ deploy that degrades the service, and traffic that keeps flowing while they diag
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
-from ..services import _cmdline, kill_pid, pid_alive, wait_until
-from ..sources.events import read_events_file
-from .config import EVENTS_FILE
-from .errors import LabError
+from runbook_lib.lab.background_load import (  # noqa: F401 - load_status, stop_load: the lab cli
+    LOAD_DIR,
+    LOAD_LOG,
+    load_status,
+    refuse_a_second_load,
+    start_background_load,
+    stop_load,
+)
+from runbook_lib.lab.servers import pid_alive
+from runbook_lib.lab.config import EVENTS_FILE
+from runbook_lib.lab.errors import LabError
+from runbook_lib.lab.servers import log_tail, wait_until
+from runbook_lib.lab.stack import apply_profile, prom_value, read_lab
+from runbook_lib.sources.events import read_events_file
 
-LOAD_DIR = "load"
-LOAD_FILE = "load.json"
-LOAD_LOG = "load.log"
 SCENARIO_EVENT = "load scenario start: healthy profile (baseline)"
 # Baseline and incident lengths: diagnose.window needs >= 10 samples per segment (50 s at lab.yaml's 5 s
 # step) and lab.yaml's rate() windows take 30 s to settle after a switch; a few minutes of each give the
@@ -53,58 +56,16 @@ PROGRESS_QUERIES = {
 }
 
 
-def _load_file(state: Path) -> Path:
-    return state / LOAD_DIR / LOAD_FILE
 
 
-def load_status(state: Path) -> dict | None:
-    """The background load: pid, started_at, until, running; None when none was started."""
-    f = _load_file(state)
-    if not f.exists():
-        return None
-    info = json.loads(f.read_text())
-    return {**info, "running": pid_alive(int(info["pid"])) and _marker(state) in _cmdline(int(info["pid"]))}
 
 
-def _marker(state: Path) -> str:
-    return str(state.resolve())
 
 
-def stop_load(state: Path) -> list[int]:
-    """Stop the background load by its PID (only if that PID is still our load process)."""
-    f = _load_file(state)
-    if not f.exists():
-        return []
-    pid = int(json.loads(f.read_text())["pid"])
-    stopped = [pid] if kill_pid(pid, _marker(state)) else []
-    f.unlink(missing_ok=True)
-    return stopped
 
 
-def _refuse_a_second_load(state: Path) -> None:
-    current = load_status(state)
-    if current and current["running"]:
-        raise LabError(f"a load is already running (pid {current['pid']}, until {current['until']})",
-                       hint="stop it first: runbook lab load --stop")
 
 
-def start_background_load(state: Path, args: list[str], duration_s: float) -> dict:
-    """``runbook lab load --scenario steady ARGS`` as a process of its own session, logged to load.log."""
-    _refuse_a_second_load(state)
-    folder = state / LOAD_DIR
-    folder.mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "runbook_lib.cli", "lab", "load", "--state", _marker(state),
-            "--scenario", "steady", "--duration", f"{duration_s:g}", *args]
-    now = datetime.now(UTC)
-    with open(folder / LOAD_LOG, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    info = {"pid": proc.pid, "started_at": now.isoformat(timespec="seconds"),
-            "until": (now + timedelta(seconds=duration_s)).isoformat(timespec="seconds"), "argv": argv[3:]}
-    tmp = folder / f".{LOAD_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(_load_file(state))
-    return info
 
 
 def scenario_start(state: Path) -> datetime | None:
@@ -114,8 +75,6 @@ def scenario_start(state: Path) -> datetime | None:
 
 
 def _progress(prom_url: str) -> str:
-    from .stack import prom_value
-
     parts = []
     for name, q in PROGRESS_QUERIES.items():
         try:
@@ -132,13 +91,11 @@ def _progress(prom_url: str) -> str:
 def run_scenario(state: Path, load_args: list[str], baseline_s: float, incident_s: float, duration_s: float,
                  out: Callable[[str], None] = print) -> dict:
     """Baseline, deploy, incident; returns once the incident has run ``incident_s`` with the load going on."""
-    from .stack import _log_tail, apply_profile, read_lab
-
     if duration_s < baseline_s + incident_s:
         raise LabError(f"--duration {duration_s:g} s is shorter than the baseline ({baseline_s:g} s) plus the "
                        f"incident ({incident_s:g} s)", hint="give a longer --duration, or shorter phases")
     lab = read_lab(state)
-    _refuse_a_second_load(state)  # before the profile switch: a refused scenario changes nothing
+    refuse_a_second_load(state)  # before the profile switch: a refused scenario changes nothing
     apply_profile("healthy", state, event=(SCENARIO_EVENT, "note"))
     out(f"t+0s: healthy profile (baseline) for {baseline_s:g} s, then the degraded profile (deploy)")
     info = start_background_load(state, [*load_args, "--at", f"{baseline_s:g}:degraded"], duration_s)
@@ -153,7 +110,7 @@ def run_scenario(state: Path, load_args: list[str], baseline_s: float, incident_
     while (left := end - time.monotonic()) > 0:
         wait_until_or_timeout(gone, min(PROGRESS_EVERY_S, left))
         if gone():
-            raise LabError(f"the load process (pid {info['pid']}) stopped early: {_log_tail(log)}",
+            raise LabError(f"the load process (pid {info['pid']}) stopped early: {log_tail(log)}",
                            hint=f"see {log}")
         elapsed = time.monotonic() - t0
         phase = "baseline" if elapsed < baseline_s else "incident"

@@ -1,7 +1,8 @@
 """``runbook lab up | status | down``: the lab's servers under one state folder, stopped by PID.
 
-State folder (``state_dir()``: ``$RUNBOOK_LAB_DIR`` or ``/tmp/runbook-lab-<hash of project root>``,
-because PostgreSQL runs as ``postgres`` and must be able to enter it)::
+State folder (``state_dir()``: ``$RUNBOOK_LAB_DIR`` or ``/tmp/runbook-lab``, under /tmp because PostgreSQL
+runs as ``postgres`` and must be able to enter it; one fixed default so ``parameters/lab.yaml`` can name its
+config.json and events.jsonl as ``${RUNBOOK_LAB_DIR:-/tmp/runbook-lab}/...``)::
 
     lab.json        what up started: ports, URLs, DSN, scale, seed, profile, timings
     config.json     the backend's knobs (the ConfigMap; see config.py)
@@ -20,7 +21,6 @@ free port when that one is taken (``runbook lab status`` then shows where things
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -33,25 +33,35 @@ from pathlib import Path
 
 import redis
 
-from ..services import (
+from runbook_lib.lab import seed as seeding
+from runbook_lib.lab.background_load import load_status, stop_load
+from runbook_lib.lab.config import (
+    CONFIG_FILE,
+    PROFILES,
+    REDIS_MAXMEMORY,
+    REDIS_POLICY,
+    append_event,
+    write_config,
+)
+from runbook_lib.lab.errors import LabError, LabNotRunning
+from runbook_lib.lab.servers import (
     PostgresServer,
     PrometheusServer,
     RedisServer,
     ServiceError,
+    free_port,
     kill_pid,
+    log_tail,
     pid_alive,
     read_state,
     stop_from_state,
     wait_until,
 )
-from ..settings import project_root
-from . import seed as seeding
-from .config import CONFIG_FILE, PROFILES, REDIS_MAXMEMORY, REDIS_POLICY, append_event, write_config
-from .errors import LabError, LabNotRunning
-from .scenario import load_status, stop_load
-from .supervisor import BACKEND_DIR, BACKEND_FILE, TARGETS_FILE, stop_backend
+from runbook_lib.lab.supervisor import BACKEND_DIR, BACKEND_FILE, TARGETS_FILE, stop_backend
 
 LAB_FILE = "lab.json"
+# Where the lab lives without $RUNBOOK_LAB_DIR: parameters/lab.yaml names the same folder.
+DEFAULT_STATE_DIR = "/tmp/runbook-lab"
 # How a profile switch shows on the incident timeline (the seed incident started with a deploy).
 PROFILE_EVENTS = {"degraded": ("degraded profile: cache keys + TTL, N+1, small pool, no indexes", "deploy"),
                   "healthy": ("healthy profile: indexes, join, normalized keys, TTL 300 s, pool 10", "remediation")}
@@ -70,8 +80,7 @@ def state_dir() -> Path:
     env = os.environ.get("RUNBOOK_LAB_DIR")
     if env:
         return Path(env).resolve()
-    digest = hashlib.sha1(str(project_root()).encode()).hexdigest()[:8]
-    return Path(f"/tmp/runbook-lab-{digest}")
+    return Path(DEFAULT_STATE_DIR)
 
 
 def _port_free(port: int) -> bool:
@@ -234,8 +243,6 @@ def _lap(t0: float) -> float:
 
 
 def _free() -> int:
-    from ..services import free_port
-
     return free_port()
 
 
@@ -257,18 +264,12 @@ def _start_backend(state: Path, port: int, dsn: str, redis_url: str) -> int:
         kill_pid(proc.pid, str(state))
         raise
     if proc.poll() is not None:
-        raise ServiceError(f"lab backend exited with {proc.returncode}: {_log_tail(folder / 'backend.log')}")
+        raise ServiceError(f"lab backend exited with {proc.returncode}: {log_tail(folder / 'backend.log')}")
     return proc.pid
 
 
 def _source_root() -> Path:
     return Path(__file__).resolve().parents[2]
-
-
-def _log_tail(path: Path, n: int = 3) -> str:
-    if not path.exists():
-        return ""
-    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-n:])
 
 
 def _healthy(url: str) -> bool:
@@ -282,7 +283,7 @@ def _wait_backend(state: Path, url: str) -> None:
     # a dead supervisor ends the wait at once instead of at the timeout
     wait_until(lambda: not pid_alive(pid) or _healthy(url), READY_TIMEOUT_S, f"lab backend at {url}", log)
     if not pid_alive(pid):
-        raise LabError(f"lab backend supervisor died: {_log_tail(log)}")
+        raise LabError(f"lab backend supervisor died: {log_tail(log)}")
 
 
 def prom_query(prom_url: str, promql: str, at: float | None = None, timeout: float = 5.0) -> list[dict]:

@@ -26,8 +26,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..services import free_port, kill_pid
-from .config import CONFIG_FILE, POLL_INTERVAL_S, ConfigWatcher
+from runbook_lib.lab.config import CONFIG_FILE, POLL_INTERVAL_S, ConfigWatcher
+from runbook_lib.lab.servers import free_port, kill_pid
 
 BACKEND_DIR = "backend"
 BACKEND_FILE = "backend.json"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..settings import Settings, resolve_path
-from .base import Event, SignalSource, regularize, to_utc
+from runbook_lib.settings import Settings, resolve_path
+from runbook_lib.sources.events import read_events_file
+from runbook_lib.sources.timeseries import Event, SignalSource, regularize, to_utc
 
 __all__ = ["Event", "SignalSource", "open_source", "regularize", "to_utc"]
 
@@ -11,34 +12,31 @@ __all__ = ["Event", "SignalSource", "open_source", "regularize", "to_utc"]
 def open_source(settings: Settings) -> SignalSource:
     src = settings.source
     if src.kind == "fixture":
-        from .fixture import FixtureSource
+        from runbook_lib.sources.fixture_bundle import FixtureSource
 
         return FixtureSource(src.bundle)
     if src.kind == "prometheus":
-        from .prometheus import PrometheusSource
+        from runbook_lib.sources.prometheus import PrometheusSource
 
         return PrometheusSource(src, **_prometheus_extras(settings))
     if src.kind == "cloudwatch":
-        from .cloudwatch import CloudWatchSource
+        from runbook_lib.sources.cloudwatch import CloudWatchSource
 
         return CloudWatchSource(src)
     raise AssertionError(f"unhandled source kind {src.kind}")  # settings validation makes this unreachable
 
 
 def _prometheus_extras(settings: Settings) -> dict:
-    """Where a Prometheus source's events come from, and (lab mode) where its default window starts.
+    """Where a Prometheus source's events come from, and where its default window starts.
 
-    Lab mode reads the lab's own events.jsonl (profile switches, config patches) and starts the window
-    at the last ``runbook lab load`` incident scenario, so a lab run needs no window in its parameters."""
+    ``source.events_file`` (a deploy log; the lab's events.jsonl) gives the chart markers; with
+    ``window.start_at_event`` the default window starts at the last event with that label (the lab: its last
+    incident scenario) and ends now, so a lab run needs no window in its parameters."""
     src = settings.source
     events_file = resolve_path(src.events_file) if src.events_file else None
     default_start = None
-    if settings.mode == "lab":
-        from ..lab.config import EVENTS_FILE
-        from ..lab.scenario import scenario_start
-        from ..lab.stack import state_dir
-
-        state = state_dir()
-        events_file = events_file or state / EVENTS_FILE
-        default_start = scenario_start(state)
+    label = settings.window.start_at_event
+    if label is not None and events_file is not None:
+        starts = [e.time for e in read_events_file(events_file) if e.label == label]
+        default_start = starts[-1].to_pydatetime() if starts else None
     return {"events_file": events_file, "default_start": default_start}

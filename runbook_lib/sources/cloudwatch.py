@@ -31,11 +31,11 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from ..errors import SourceError
-from ..redact import redact_text
-from ..settings import CloudWatchMetric
-from ..settings import CloudWatchSource as CloudWatchSettings
-from .base import SignalSource
+from runbook_lib.errors import SourceError
+from runbook_lib.redaction import redact_text
+from runbook_lib.settings import CloudWatchMetric
+from runbook_lib.settings import CloudWatchSource as CloudWatchSettings
+from runbook_lib.sources.timeseries import SignalSource
 
 log = logging.getLogger(__name__)
 

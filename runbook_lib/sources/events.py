@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import SourceError
-from ..settings import display_path
-from .base import Event
+from runbook_lib.errors import SourceError
+from runbook_lib.settings import display_path
+from runbook_lib.sources.timeseries import Event
 
 KINDS = ("deploy", "alert", "remediation", "note")
 

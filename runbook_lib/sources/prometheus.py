@@ -25,11 +25,11 @@ from prometheus_api_client import PrometheusApiClientException, PrometheusConnec
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 from urllib3.util.retry import Retry
 
-from ..errors import SourceError
-from ..redact import redact_text
-from ..settings import PrometheusSource as PrometheusSettings
-from .base import Event, SignalSource, to_utc
-from .events import read_events_file
+from runbook_lib.errors import SourceError
+from runbook_lib.redaction import redact_text
+from runbook_lib.settings import PrometheusSource as PrometheusSettings
+from runbook_lib.sources.timeseries import Event, SignalSource, to_utc
+from runbook_lib.sources.events import read_events_file
 
 log = logging.getLogger(__name__)
 

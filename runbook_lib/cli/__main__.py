@@ -1,0 +1,7 @@
+"""``python -m runbook_lib.cli``: the same as the ``runbook`` command (the lab starts its load this way)."""
+
+import sys
+
+from runbook_lib.cli.app import main
+
+sys.exit(main())

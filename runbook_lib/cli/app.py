@@ -1,0 +1,117 @@
+"""The ``runbook`` command. Thin: parses arguments, calls the library, turns errors into one line + hint.
+
+The product's commands are registered statically here (``run``, ``export``, ``check``, ``signals``, and
+``rollback``, ``diagnose`` from their modules in this package). Commands of tools built *on* the product
+(the incident lab's ``lab`` and ``record``) come in through the ``runbook.commands`` entry-point group
+(``pyproject.toml``): the product never imports them, and each entry point is a ``register(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from runbook_lib import __version__
+from runbook_lib.errors import RunbookError
+from runbook_lib.redaction import redact_text
+from runbook_lib.cli import diagnose, rollback
+
+# Tools built on the product add their commands through this entry-point group (pyproject.toml).
+PLUGIN_GROUP = "runbook.commands"
+
+
+# The command handlers import their stage when called: papermill, plotly and pandas take seconds to import,
+# and ``runbook --help`` or ``runbook lab status`` should not wait for them.
+
+
+def _cmd_run(args) -> int:
+    from runbook_lib.suite.runner import run_suite
+
+    run_dir = run_suite(Path(args.parameters), out=Path(args.out) if args.out else None,
+                        export=not args.no_export, only=args.only)
+    print(run_dir)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from runbook_lib.report.postmortem import export_run
+
+    for path in export_run(Path(args.run_dir)):
+        print(path)
+    return 0
+
+
+def _cmd_signals(args) -> int:
+    from runbook_lib.signal_catalog import describe
+
+    rows = describe()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['unit']:<6} {r['group']:<15} {r['description']}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from runbook_lib.suite.runner import preflight
+
+    settings, source = preflight(Path(args.parameters))
+    print(f"ok: {settings.incident.id} ({settings.mode} mode) from {source.description}; "
+          f"{len(settings.signals)} signals; apply={settings.remediation.apply}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="runbook",
+        description="Incident runbooks for the D2 latency incident: symptoms -> root cause -> impact -> "
+                    "remediation -> validation, executed as notebooks into a run folder.",
+    )
+    p.add_argument("--version", action="version", version=f"runbook {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = sub.add_parser("run", help="run the five notebooks in order into a new run folder, then export")
+    r.add_argument("-p", "--parameters", default="parameters/fixtures.yaml",
+                   help="parameters file (default: %(default)s, the bundled fixture incident)")
+    r.add_argument("--out", help="run folder to create (default: runs/<incident>/<UTC timestamp>)")
+    r.add_argument("--no-export", action="store_true", help="do not write the postmortem at the end")
+    r.add_argument("--only", nargs="+", metavar="NOTEBOOK",
+                   help="run only these notebooks (names or prefixes like 01 02); inputs must already be there")
+    r.set_defaults(func=_cmd_run)
+
+    e = sub.add_parser("export", help="write postmortem.md and postmortem.html for a run folder")
+    e.add_argument("run_dir", help="a folder made by 'runbook run'")
+    e.set_defaults(func=_cmd_export)
+
+    c = sub.add_parser("check", help="validate a parameters file and reach its source, without running")
+    c.add_argument("-p", "--parameters", default="parameters/fixtures.yaml", help="parameters file")
+    c.set_defaults(func=_cmd_check)
+
+    s = sub.add_parser("signals", help="list the signal names the analysis understands")
+    s.set_defaults(func=_cmd_signals)
+
+    rollback.register(sub)
+    diagnose.register(sub)
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        ep.load()(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RunbookError as err:
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The hand-over types: what one pipeline stage gives the next (and the run folder keeps).
+
+Plain dataclasses with no I/O, imported by every stage above the ground floor:
+
+* ``IncidentWindow``: baseline / incident / recovery spans of the primary signal (01 -> symptoms.json);
+* ``Evidence`` and ``Hypothesis``: a root-cause hypothesis with its checks (02 -> findings.json);
+* ``Snapshots``: the database and cache evidence reduced to deltas (sources -> diagnose -> plan);
+* ``PlannedAction``: one ranked remediation of the plan (03 -> plan.json);
+* ``Outcome``: what happened to one action in a run or a rollback (04 -> remediation.json, audit).
+
+The SLO targets are ``settings.Slo``; ``Slo.targets()`` gives them by signal name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import pandas as pd
+
+
+# Confidence labels.
+CONFIDENCE_LABELS = ((0.75, "high"), (0.45, "medium"), (0.0, "low"))
+
+
+@dataclass
+class Evidence:
+    check: str
+    observed: str
+    supports: bool
+    weight: float = 1.0
+
+
+@dataclass
+class Hypothesis:
+    category: str  # cache | database | application | infrastructure
+    title: str
+    statement: str
+    disprove_by: str
+    evidence: list[Evidence] = field(default_factory=list)
+    first_onset: str | None = None
+
+    @property
+    def confidence(self) -> float:
+        total = sum(e.weight for e in self.evidence)
+        return round(sum(e.weight for e in self.evidence if e.supports) / total, 3) if total else 0.0
+
+    @property
+    def confidence_label(self) -> str:
+        return next(label for bar, label in CONFIDENCE_LABELS if self.confidence >= bar)
+
+    @property
+    def disproved(self) -> bool:
+        return self.confidence < CONFIDENCE_LABELS[1][0]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(confidence=self.confidence, confidence_label=self.confidence_label, disproved=self.disproved)
+        return d
+
+
+@dataclass
+class Snapshots:
+    """What the snapshots say, already reduced to deltas (any part may be missing)."""
+
+    statements: pd.DataFrame | None = None  # statement_deltas + per_request
+    tables: pd.DataFrame | None = None  # table_deltas
+    indexes: pd.DataFrame | None = None
+    activity: pd.DataFrame | None = None
+    redis: dict | None = None  # info_deltas
+    ttl: dict | None = None  # ttl_summary
+    key_patterns: pd.DataFrame | None = None
+    keys: pd.DataFrame | None = None  # the key sample itself (key, type, ttl_s, memory_bytes)
+    app_config: dict | None = None
+    cache_plan: dict | None = None  # cache.recommend.recommend: TTL, maxmemory, policy with the reasoning
+
+
+@dataclass(frozen=True)
+class IncidentWindow:
+    baseline: tuple[pd.Timestamp, pd.Timestamp]
+    incident: tuple[pd.Timestamp, pd.Timestamp]
+    recovery: tuple[pd.Timestamp, pd.Timestamp] | None
+    baseline_level: float
+    incident_level: float
+    recovery_level: float | None
+    signal: str
+
+    @property
+    def ratio(self) -> float:
+        return self.incident_level / self.baseline_level
+
+    def as_dict(self) -> dict:
+        def span(s):
+            return None if s is None else {"start": s[0].isoformat(), "end": s[1].isoformat()}
+
+        return {"signal": self.signal, "baseline": span(self.baseline), "incident": span(self.incident),
+                "recovery": span(self.recovery), "baseline_level": self.baseline_level,
+                "incident_level": self.incident_level, "recovery_level": self.recovery_level,
+                "ratio": self.ratio}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IncidentWindow:
+        def span(s):
+            return None if s is None else (pd.Timestamp(s["start"]), pd.Timestamp(s["end"]))
+
+        return cls(span(d["baseline"]), span(d["incident"]), span(d["recovery"]), d["baseline_level"],
+                   d["incident_level"], d["recovery_level"], d["signal"])
+
+
+RISK_FACTOR = {"low": 1.0, "medium": 2.0, "high": 4.0}
+
+
+@dataclass
+class PlannedAction:
+    id: str
+    phase: str  # immediate | short-term | long-term
+    title: str
+    cause: str  # hypothesis category
+    kind: str  # executor kind, or "recommendation" when the runbook does not change it itself
+    inputs: dict
+    expected_gain: float  # share of the p95 excess expected to go away (0..1)
+    effort_hours: float
+    risk: str
+    reason: str
+    executable: bool = True
+    depends_on: list[str] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return round(self.expected_gain / (self.effort_hours * RISK_FACTOR[self.risk]), 3)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["score"] = self.score
+        return d
+
+
+@dataclass
+class Outcome:
+    """What happened to one action in a run or a rollback: one row of the results table."""
+
+    action_id: str
+    kind: str
+    title: str
+    target: str
+    status: str  # planned | applied | already applied | failed | rolled back | nothing to undo
+    changed: bool = False
+    message: str = ""
+    verified: bool | None = None
+    effect: str | None = None  # verify loop: helped | no effect | worse | unknown
+    before: float | None = None
+    after: float | None = None
+    rolled_back: bool = False
+    duration_s: float = 0.0
+    commands: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_action(cls, action: Any, status: str, **kw: Any) -> Outcome:
+        return cls(action_id=action.id, kind=action.kind, title=action.title, target=action.target,
+                   status=status, **kw)
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the application's knobs ------------------------------------------------------------------------
+
+KEY_SCHEMES = ("volatile", "normalized")
+ORDERS_QUERIES = ("n_plus_one", "join")
+# Bounds that keep a typo from taking the machine down (2 cores): more replicas or connections than
+# this only adds contention.
+MAX_REPLICAS = 8
+MAX_POOL = 100
+
+
+@dataclass(frozen=True)
+class AppKnobs:
+    """The application knobs the runbook reads and changes (``app.config`` action), as one JSON object in the
+    app's config file (``settings.App.config_file``; the lab's config.json is one). Defaults: a healthy app."""
+
+    cache_ttl_s: float = 300.0           # the fix in the seed incident: TTL 300 s
+    cache_key_scheme: str = "normalized"  # "volatile": the key carries the request timestamp
+    db_pool_max: int = 10
+    db_pool_timeout_s: float = 5.0       # how long a request waits for a pool connection, then 503
+    orders_query: str = "join"           # "n_plus_one": one orders query per listed user
+    replicas: int = 1                    # app processes sharing the API socket
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.cache_ttl_s <= 0:
+            out.append("cache_ttl_s must be > 0")
+        if self.cache_key_scheme not in KEY_SCHEMES:
+            out.append(f"cache_key_scheme must be one of {KEY_SCHEMES}")
+        if not 1 <= self.db_pool_max <= MAX_POOL:
+            out.append(f"db_pool_max must be in 1..{MAX_POOL}")
+        if self.db_pool_timeout_s <= 0:
+            out.append("db_pool_timeout_s must be > 0")
+        if self.orders_query not in ORDERS_QUERIES:
+            out.append(f"orders_query must be one of {ORDERS_QUERIES}")
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            out.append(f"replicas must be in 1..{MAX_REPLICAS}")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def knob_types() -> dict[str, str]:
+    """Knob name -> its type name ("float", "int", "str")."""
+    return {f.name: str(f.type) for f in fields(AppKnobs)}
+
+
+def knob_value(name: str, value: Any) -> Any:
+    """A knob's value in its type (300, "300" and 300.0 are the same TTL); ValueError/TypeError if it is not."""
+    if value is None:
+        return None
+    return {"float": float, "int": int}.get(knob_types()[name], str)(value)

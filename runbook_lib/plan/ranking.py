@@ -1,0 +1,118 @@
+"""Impact assessment: the remediation actions, ordered by expected gain for the effort and risk.
+
+Each supported hypothesis proposes actions. An action's expected gain is the share of the p95
+excess (incident p95 minus SLO) it should remove, judged from the evidence weight behind it; the
+priority score is gain / (effort_hours * risk factor). The phases follow the seed's plan:
+immediate (minutes, reversible config), short term (hours: indexes, pool), long term (code).
+"""
+
+from __future__ import annotations
+
+
+import pandas as pd
+
+from runbook_lib.model import Hypothesis
+from runbook_lib.model import PlannedAction
+
+PHASE_ORDER = {"immediate": 0, "short-term": 1, "long-term": 2}
+
+
+
+
+def _gain(h: Hypothesis, share: float) -> float:
+    return round(h.confidence * share, 3)
+
+
+def _memory_reason(redis: dict | None) -> str:
+    if not redis:
+        return "a longer TTL keeps more keys: give Redis room for the working set"
+    return (f"used {redis['memory_used_share']:.0%} of maxmemory {redis['maxmemory'] / 2**20:.0f} MiB "
+            f"({redis['maxmemory_policy']}), {redis['evicted_per_s']:.1f} evictions/s; a longer TTL keeps more keys")
+
+
+# Without a recommendation computed from Redis evidence (cache.recommend), the seed incident's fix.
+DEFAULT_TTL_S = 300
+DEFAULT_REDIS = {"maxmemory": "512mb", "maxmemory-policy": "allkeys-lru"}
+
+
+def _cache_values(cfg: dict, cache_plan: dict | None, redis: dict | None) -> tuple[dict, dict]:
+    """(TTL, Redis) inputs and reasons: from the measured recommendation when there is one."""
+    if not cache_plan:
+        return ({"inputs": {"cache_ttl_s": DEFAULT_TTL_S}, "title": f"Raise the response cache TTL to {DEFAULT_TTL_S} s",
+                 "reason": f"TTL is {cfg.get('cache_ttl_s', '?')} s, shorter than the reuse interval of hot keys "
+                           "(no key sample to size it: the seed incident's value)"},
+                {"inputs": dict(DEFAULT_REDIS), "reason": _memory_reason(redis)})
+    ttl, mem, pol = cache_plan["ttl"], cache_plan["memory"], cache_plan["policy"]
+    ttl_s = ttl["recommended_s"]
+    redis_inputs = {}
+    if mem["recommended_bytes"] != mem["current_bytes"]:
+        redis_inputs["maxmemory"] = mem["recommended"]
+    if pol["recommended"] != pol["current"]:
+        redis_inputs["maxmemory-policy"] = pol["recommended"]
+    return ({"inputs": {"cache_ttl_s": ttl_s}, "title": f"Set the response cache TTL to {ttl_s:g} s",
+             "reason": ttl["reasoning"][-1] + " (see 02: cache plan)", "unchanged": ttl_s == ttl["current_s"]},
+            {"inputs": redis_inputs, "reason": "; ".join([mem["reasoning"][-1], *pol["reasoning"][-1:]])})
+
+
+def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config: dict | None,
+            index_candidates: list[dict], redis: dict | None = None,
+            cache_plan: dict | None = None) -> list[PlannedAction]:
+    """Actions for every supported hypothesis. ``index_candidates``: [{table, columns, reason}];
+    ``redis``: the INFO deltas of the window (for the memory action's reason); ``cache_plan``: the
+    recommendation of ``cache.recommend.recommend`` (TTL, maxmemory, policy sized from the evidence)."""
+    by = {h.category: h for h in hyps if not h.disproved}
+    cfg = app_config or {}
+    out: list[PlannedAction] = []
+    if "cache" in by:
+        h = by["cache"]
+        ttl, mem = _cache_values(cfg, cache_plan, redis)
+        out.append(PlannedAction("app-cache-keys", "immediate",
+                                 "Normalize cache keys (drop timestamp and cache-buster parts)", "cache", "app.config",
+                                 {"cache_key_scheme": "normalized"}, _gain(h, 0.45), 0.25, "low",
+                                 "most sampled keys are single-use; normalized keys are reused across requests"))
+        deps = ["app-cache-keys"]
+        if not ttl.get("unchanged"):
+            out.append(PlannedAction("app-cache-ttl", "immediate", ttl["title"], "cache", "app.config", ttl["inputs"],
+                                     _gain(h, 0.2), 0.25, "low", ttl["reason"]))
+            deps.append("app-cache-ttl")
+        if mem["inputs"]:
+            out.append(PlannedAction("redis-maxmemory", "immediate", "Give Redis room for the working set",
+                                     "cache", "redis.config_set", mem["inputs"], _gain(h, 0.1), 0.25, "low",
+                                     mem["reason"]))
+            deps.append("redis-maxmemory")
+        out.append(PlannedAction("cache-warm", "immediate", "Warm the most requested keys", "cache", "cache.warm",
+                                 {"top_n": 5000}, _gain(h, 0.05), 0.5, "low",
+                                 "avoids a cold-cache stampede right after the key change", depends_on=deps))
+    if "database" in by:
+        h = by["database"]
+        for c in index_candidates:
+            name = f"pg-index-{c['table']}-{'-'.join(c['columns'])}"
+            inputs = {"table": c["table"], "columns": list(c["columns"])}
+            if c.get("statements"):  # HypoPG-checked proposals: verify that EXPLAIN of these uses the index
+                inputs["verify_statements"] = [s["query"] for s in c["statements"]]
+            out.append(PlannedAction(name, "short-term", f"Index {c['table']}({', '.join(c['columns'])})",
+                                     "database", "postgres.create_index", inputs,
+                                     _gain(h, c.get("share", 0.3)), 1.0, "medium", c["reason"]))
+        if statements is not None and len(statements):
+            from runbook_lib.diagnose.statements import n_plus_one
+
+            for qid, row in n_plus_one(statements).iterrows():
+                out.append(PlannedAction(f"rewrite-n-plus-one-{abs(int(qid)) % 10**8}", "long-term",
+                                         "Load orders with one JOIN instead of one query per user", "database",
+                                         "recommendation", {"queryid": int(qid), "query": row.query},
+                                         _gain(h, 0.3), 8.0, "medium",
+                                         f"{row.calls_per_request:.0f} calls per request", executable=False))
+    if "application" in by:
+        h = by["application"]
+        out.append(PlannedAction("app-pool", "short-term", "Size the DB pool from measured concurrency",
+                                 "application", "app.config", {"db_pool_timeout_s": 2.0}, _gain(h, 0.1), 0.5,
+                                 "medium", "pool waits turn into 5xx; a longer acquire timeout trades errors for "
+                                 "latency until the queries are fast again"))
+    return sorted(out, key=lambda a: (PHASE_ORDER[a.phase], -a.score, a.id))
+
+
+def actions_frame(actions: list[PlannedAction]) -> pd.DataFrame:
+    return pd.DataFrame([{"phase": a.phase, "action": a.title, "cause": a.cause, "expected gain": a.expected_gain,
+                          "effort (h)": a.effort_hours, "risk": a.risk, "score": a.score,
+                          "executor": a.kind, "why": a.reason} for a in actions],
+                        index=pd.Index([a.id for a in actions], name="id"))

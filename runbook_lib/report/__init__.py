@@ -1,0 +1,1 @@
+"""Charts (plotly, event markers), the postmortem export, and the terminal reports of ``runbook diagnose``."""

@@ -1,0 +1,1 @@
+"""One module per notebook: the glue a notebook cell calls (``context.open_step`` opens a step)."""

@@ -1,0 +1,135 @@
+"""Step 04 glue: plan.json -> executor actions -> plan table -> gated execution -> remediation.json.
+
+Kinds with an executor (``runbook_lib.actions``: PostgreSQL indexes, Redis CONFIG SET) go through
+the action framework: planned, approved, applied, verified, audited, reversible. Kinds without an
+executor yet are shown with what they would do and marked so, never silently skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from runbook_lib import actions as fw
+from runbook_lib.settings import Settings
+
+# What each kind without an executor would do, in words, and why it is not executed yet.
+NO_EXECUTOR = {
+    "recommendation": "recommendation for the application owners: the runbook does not edit code",
+}
+
+
+@dataclass
+class Entry:
+    """One planned action as 04 shows it: the plan row plus its executor when one exists."""
+
+    plan_id: str
+    phase: str
+    title: str
+    kind: str
+    inputs: dict
+    reason: str
+    executor: fw.Action | None = None
+    note: str = ""
+    commands: list[str] = field(default_factory=list)
+
+
+def target_inputs(kind: str, settings: Settings) -> dict:
+    """What the parameters say about where an action's change goes (the app's config file and URL, the event
+    log), as inputs of that kind; the plan's own inputs win."""
+    if kind == "app.config":
+        found = {"config_file": settings.app.config_file, "events_file": getattr(settings.source, "events_file", None)}
+    elif kind == "cache.warm":
+        found = {"source_url": settings.app.base_url, "config_file": settings.app.config_file}
+    else:
+        found = {}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def build(plan: dict, settings: Settings) -> list[Entry]:
+    entries = []
+    kinds = set(fw.action_kinds())
+    for a in plan["actions"]:
+        e = Entry(a["id"], a["phase"], a["title"], a["kind"], a["inputs"], a["reason"])
+        if a["kind"] in kinds:
+            e.executor = fw.build_action(a["kind"], {**target_inputs(a["kind"], settings), **a["inputs"]})
+        else:
+            e.note = NO_EXECUTOR.get(a["kind"], "no executor for this kind")
+            e.commands = [f"-- {a['reason']}"]
+        entries.append(e)
+    return entries
+
+
+def plan_frame(entries: list[Entry]) -> pd.DataFrame:
+    rows = []
+    for e in entries:
+        if e.executor is not None:
+            p = e.executor.plan()
+            rows.append({"phase": e.phase, "action": p.title, "commands": "\n".join(p.commands),
+                         "captures first": "\n".join(p.captures), "rollback": "\n".join(p.rollback_commands),
+                         "risk": p.risk, "executor": e.executor.id})
+        else:
+            rows.append({"phase": e.phase, "action": e.title, "commands": "\n".join(e.commands),
+                         "captures first": "-", "rollback": "-", "risk": "-", "executor": e.note})
+    return pd.DataFrame(rows, index=pd.Index([e.plan_id for e in entries], name="plan id"))
+
+
+# Verify loop in lab/live mode: the current value of a signal is its median over this trailing window
+# (four 30 s rate() samples: long enough to smooth scrape jitter, short enough to see a change).
+MEASURE_TRAILING_S = 120
+
+
+def live_measure(step):
+    """A verify-loop measure reading each action's effect signal from the live source, or None for a
+    recorded bundle (its data cannot react to a change)."""
+    if step.settings.source.kind == "fixture":
+        return None
+
+    def read(signal: str) -> float | None:
+        end = pd.Timestamp.now(tz="UTC")
+        df = step.source.fetch([signal], end - pd.Timedelta(seconds=MEASURE_TRAILING_S), end,
+                               step.settings.window.step_seconds)
+        values = df[signal].dropna()
+        return float(values.median()) if len(values) else None
+
+    return fw.by_signal(read)
+
+
+def execute(entries: list[Entry], step) -> list[dict]:
+    """Run the executable entries through the framework (dry run unless the parameters allow)."""
+    runnable = [e.executor for e in entries if e.executor is not None]
+    done = {o.action_id: o for o in fw.execute(runnable, step.settings, step.run_dir, measure=live_measure(step))}
+    out = []
+    for e in entries:
+        if e.executor is None:
+            out.append({"plan_id": e.plan_id, "action_id": "-", "status": "not executed", "changed": False,
+                        "verified": None, "effect": None, "message": e.note})
+            continue
+        o = done[e.executor.id]
+        out.append({"plan_id": e.plan_id, "action_id": o.action_id, "status": o.status, "changed": o.changed,
+                    "verified": o.verified, "effect": o.effect, "message": o.message})
+    return out
+
+
+def outcomes_frame(outcomes: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(outcomes).set_index("plan_id")
+
+
+def payload(outcomes: list[dict], settings: Settings) -> dict:
+    applied = [o["action_id"] for o in outcomes if o["changed"]]
+    out = {"apply": settings.remediation.apply, "mode": settings.mode, "outcomes": outcomes, "applied": applied}
+    if applied:  # 05 measures "after" from here on when the data has no recovery of its own
+        out["finished_at"] = pd.Timestamp.now(tz="UTC").isoformat()
+    return out
+
+
+def conclusion(outcomes: list[dict], settings: Settings) -> str:
+    executable = [o for o in outcomes if o["action_id"] != "-"]
+    changed = [o for o in outcomes if o["changed"]]
+    if not settings.remediation.apply:
+        return (f"**Concluded.** Dry run: {len(executable)} executable action(s) planned and audited as "
+                f"`planned`, {len(outcomes) - len(executable)} without an executor; nothing was changed. "
+                "Set `remediation.apply: true` in the parameters to apply them.")
+    return (f"**Concluded.** {len(changed)} of {len(executable)} executable action(s) changed a system; every "
+            "step is in `audit.jsonl`. Undo with `runbook rollback RUN_DIR --apply`.")

@@ -1,0 +1,1 @@
+"""Runs the notebooks through papermill into a run folder; ``golden`` regenerates the golden notebooks."""

@@ -1,0 +1,131 @@
+"""Run the five notebooks in order through papermill into a new run folder.
+
+Before anything is created the parameters are validated and the source is checked (bundle files
+present, every requested signal available), so bad input never leaves a run folder behind. During
+the run ``run.json`` says ``running``; it says ``complete`` only after the last notebook (and the
+export) succeeded, and ``failed`` with the notebook and cell otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import papermill
+import yaml
+from papermill.exceptions import PapermillExecutionError
+
+from runbook_lib.errors import NotebookFailed, RunbookError, UnknownSignalError
+from runbook_lib.run_folder import PARAMETERS_FILE, new_run_dir, update_run_status, utc_now
+from runbook_lib.settings import Settings, display_path, load_settings, project_root
+from runbook_lib.sources import SignalSource, open_source
+
+NOTEBOOKS = ("01_symptom_correlation", "02_root_cause", "03_impact_assessment", "04_remediation", "05_validation")
+# ipykernel 7 warns on every start that its loopback TCP sockets are unencrypted (the kernel is a child
+# of this process, on 127.0.0.1); errors still show.
+KERNEL_ARGUMENTS = ["--log-level=ERROR"]
+# Kernel start is ~2-4 s on these machines; a minute means the kernel is not coming.
+KERNEL_START_TIMEOUT_S = 60
+
+
+def notebooks_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def preflight(parameters: Path) -> tuple[Settings, SignalSource]:
+    """Validate parameters and reach the source; raises a RunbookError naming the culprit."""
+    settings = load_settings(parameters)
+    source = open_source(settings)
+    check = getattr(getattr(source, "bundle", None), "check", None) or getattr(source, "check", None)
+    if check:
+        check()
+    available = set(source.available())
+    missing = [s for s in settings.signals if s not in available]
+    if missing:
+        raise UnknownSignalError(f"signal {missing[0]!r} is not provided by {source.description} "
+                                 f"(parameters {display_path(parameters)}, field signals)")
+    return settings, source
+
+
+def select(only: list[str] | None) -> list[str]:
+    if not only:
+        return list(NOTEBOOKS)
+    chosen = [nb for nb in NOTEBOOKS if any(nb == o or nb.startswith(o) for o in only)]
+    unknown = [o for o in only if not any(nb == o or nb.startswith(o) for nb in NOTEBOOKS)]
+    if unknown:
+        raise RunbookError(f"unknown notebook {unknown[0]!r}", hint=f"choose from {', '.join(NOTEBOOKS)}")
+    return chosen
+
+
+def _failed_cell(output: Path, err: PapermillExecutionError) -> str:
+    """'cell <id> (#n)' of the failing cell: the one holding the error output in the executed notebook
+    (papermill also inserts a banner cell at the top, so err.cell_index is not an index into it)."""
+    try:
+        nb = nbformat.read(output, as_version=4)
+        for cell in nb.cells:
+            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+                return f"cell '{cell.get('id', '?')}' (#{err.exec_count})"
+    except Exception:  # noqa: BLE001, S110 - best effort: the error itself is what matters
+        pass
+    return f"cell #{err.exec_count}"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_suite(parameters: Path, out: Path | None = None, export: bool = True,
+              only: list[str] | None = None) -> Path:
+    parameters = parameters.resolve()
+    settings, source = preflight(parameters)
+    chosen = select(only)
+    if out is None:
+        run_dir = new_run_dir(project_root() / "runs", settings.incident.id)
+    else:
+        run_dir = out.resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    # the validated parameters travel with the run (secrets are references, never values)
+    (run_dir / PARAMETERS_FILE).write_text(
+        yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    update_run_status(run_dir, status="running", incident=settings.incident.id, mode=settings.mode,
+                      parameters=display_path(parameters), started_at=utc_now().isoformat(),
+                      notebooks=[], failure=None)
+    _say(f"run folder: {display_path(run_dir)} ({settings.incident.id}, {settings.mode} mode, "
+         f"{'APPLY' if settings.remediation.apply else 'dry run'}, source: {source.description})")
+    done = []
+    for i, name in enumerate(chosen, start=1):
+        output = run_dir / f"{name}.ipynb"
+        _say(f"[{i}/{len(chosen)}] {name} ...")
+        t0 = time.monotonic()
+        try:
+            papermill.execute_notebook(
+                str(notebooks_dir() / f"{name}.ipynb"), str(output),
+                parameters={"parameters_file": str(run_dir / PARAMETERS_FILE), "run_dir": str(run_dir)},
+                kernel_name="python3", cwd=str(project_root()), progress_bar=False,
+                start_timeout=KERNEL_START_TIMEOUT_S, report_mode=False,
+                extra_arguments=KERNEL_ARGUMENTS,
+            )
+        except PapermillExecutionError as err:
+            where = _failed_cell(output, err)
+            cause = err.evalue.strip().splitlines()[0] if err.evalue else ""
+            update_run_status(run_dir, status="failed", notebooks=done,
+                              failure={"notebook": name, "cell": where, "error": f"{err.ename}: {cause}"})
+            raise NotebookFailed(f"{name}.ipynb failed in {where}: {err.ename}: {cause} "
+                                 f"(executed notebook: {display_path(output)})") from None
+        except Exception as err:
+            update_run_status(run_dir, status="failed", notebooks=done,
+                              failure={"notebook": name, "cell": None, "error": f"{type(err).__name__}: {err}"})
+            raise
+        secs = time.monotonic() - t0
+        done.append({"notebook": name, "seconds": round(secs, 1)})
+        update_run_status(run_dir, notebooks=done)
+        _say(f"[{i}/{len(chosen)}] {name} ok ({secs:.1f} s)")
+    if export:
+        from runbook_lib.report.postmortem import export_run
+
+        for path in export_run(run_dir):
+            _say(f"exported {display_path(path)}")
+    update_run_status(run_dir, status="complete", finished_at=utc_now().isoformat())
+    return run_dir

@@ -1,0 +1,1 @@
+"""Before/after statistics per signal and the SLO verdict."""
