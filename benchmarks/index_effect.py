@@ -30,7 +30,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runbook_lib.actions import execute
+from runbook_lib.actions import CreateIndex, execute
 from runbook_lib.diagnose import statements as db_dx
 from runbook_lib.plan import index_advisor as advisor
 from runbook_lib.sources import pg_statistics as stats
@@ -83,12 +83,12 @@ def propose_and_apply(dsn: str, sizes: dict, requests: int, run_dir: Path) -> li
         "source": {"kind": "fixture", "bundle": "fixtures/d2-latency"}, "postgres": {"dsn": dsn},
         "remediation": {"apply": True}})
     t = time.perf_counter()
-    outcomes = execute([p.action() for p in proposals], settings, run_dir, actor="benchmark")
+    outcomes = execute([CreateIndex(**p.action_inputs()) for p in proposals], settings, run_dir, actor="benchmark")
     build_s = time.perf_counter() - t
     out = []
     with psycopg.connect(dsn) as c:
         for p, o in zip(proposals, outcomes, strict=True):
-            name = p.action().index_name
+            name = CreateIndex(**p.action_inputs()).index_name
             real = c.execute("SELECT pg_relation_size(%s::regclass)", (name,)).fetchone()[0]
             out.append({"ddl": p.ddl, "estimated_size_bytes": p.size_bytes, "real_size_bytes": real,
                         "weighted_plan_cost_cut": p.weighted_reduction, "status": o.status, "verified": o.verified,

@@ -190,7 +190,7 @@ class AppConfig(Action):
                         reversible=True, risk=self.risk)
         return Plan(self.id, self.kind, self.title, self.target,
                     commands=[self._lab_cmd(self.inputs.changes)],
-                    captures=[f"read {self.path}: {', '.join(self.names)}"],
+                    captures=[f"read {self.path or '<app.config_file>'}: {', '.join(self.names)}"],
                     rollback_commands=[self._lab_cmd(placeholder)], reversible=True, risk=self.risk)
 
     def rollback_commands(self, prior: dict[str, Any]) -> list[str]:

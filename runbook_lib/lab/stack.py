@@ -352,4 +352,6 @@ def parameters_for(template: str, state: Path | None = None) -> str:
         raise LabNotRunning(f"the lab in {state or state_dir()} is not running")
     return (template.replace(f"http://127.0.0.1:{PREFERRED_PORTS['prometheus']}", c["prometheus"]["url"])
             .replace(f"port={PREFERRED_PORTS['postgres']}", f"port={c['postgres']['port']}")
-            .replace(f"redis://127.0.0.1:{PREFERRED_PORTS['redis']}/0", c["redis"]["url"]))
+            .replace(f"redis://127.0.0.1:{PREFERRED_PORTS['redis']}/0", c["redis"]["url"])
+            .replace(f"http://127.0.0.1:{PREFERRED_PORTS['backend']}", c.get("backend", {}).get("url", "")
+                     or f"http://127.0.0.1:{PREFERRED_PORTS['backend']}"))

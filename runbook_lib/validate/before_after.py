@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from runbook_lib.model import IncidentWindow
 from runbook_lib.signal_catalog import CATALOG
 
 # Kayenta's MannWhitneyClassifier uses a 98% confidence level in the judge; we report p < 0.02.
@@ -82,3 +83,33 @@ def overall(table: pd.DataFrame, after_from: str = "") -> dict:
             "failing": list(table.index[~ok]), "after_from": after_from,
             "verdict": "FIXED: every SLO signal is back within its objective" if fixed
             else "NOT FIXED: SLO not met by " + ", ".join(slo_rows.index[slo_rows["verdict"] != "meets SLO"])}
+
+
+# --- which windows: before = the incident, after = the recovery or the data since the change settled ---
+
+# After a change, give it this long to act before measuring "after" (caches refill, pools drain).
+SETTLE_AFTER_CHANGE = pd.Timedelta(seconds=60)
+
+
+def after_ready_at(remediation: dict | None, step_seconds: int) -> pd.Timestamp | None:
+    """When enough data after the last applied change exists to validate it (None: nothing to wait for)."""
+    finished = (remediation or {}).get("finished_at")
+    if not (finished and (remediation or {}).get("applied")):
+        return None
+    return pd.Timestamp(finished) + SETTLE_AFTER_CHANGE + pd.Timedelta(seconds=step_seconds * (MIN_SAMPLES + 1))
+
+
+def validation_windows(symptoms_json: dict, remediation: dict | None, df: pd.DataFrame):
+    """(baseline, before, after, how). After = the recovery the data shows; else the data since the last
+    applied change settled; else None (not validated yet)."""
+    win = IncidentWindow.from_dict(symptoms_json["window"])
+    if win.recovery is not None:
+        return win.baseline, win.incident, win.recovery, "recovery found in the data"
+    finished = (remediation or {}).get("finished_at")
+    if finished and (remediation or {}).get("applied"):
+        start = pd.Timestamp(finished) + SETTLE_AFTER_CHANGE
+        if int((df.index >= start).sum()) >= MIN_SAMPLES:
+            return win.baseline, win.incident, (start, df.index[-1]), "data since the remediation settled"
+        return win.baseline, win.incident, None, (f"fewer than {MIN_SAMPLES} samples since the "
+                                                  f"remediation settled ({start:%H:%M:%S} UTC)")
+    return win.baseline, win.incident, None, "no recovery in the data and no applied remediation to measure after"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import test_actions_support
-from test_actions_support import (
+from tests.support import actions_support as test_actions_support
+from tests.support.actions_support import (
     PG_SECRET_ENV,
     PLANTED,
     assert_no_secret,

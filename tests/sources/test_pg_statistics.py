@@ -10,13 +10,13 @@ import pandas as pd
 import psycopg
 import pytest
 from psycopg import sql
-from test_actions_support import make_settings, scratch_database
+from tests.support.actions_support import make_settings, scratch_database
 
 from runbook_lib.cli import app as cli
-from runbook_lib.actions import execute
+from runbook_lib.actions import CreateIndex, execute
 from runbook_lib.diagnose import statements as db_dx
 from runbook_lib.plan import index_advisor as advisor
-from runbook_lib.steps import live_postgres as live
+from runbook_lib.steps import evidence
 from runbook_lib.report import db_diagnosis as report
 from runbook_lib.sources import pg_statistics as stats
 from runbook_lib.lab import workload
@@ -199,10 +199,10 @@ def test_live_entry_points_for_the_evidence_layer(seeded):
         c.execute("SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database "
                   "WHERE datname = current_database()), 0)")
     workload.run_requests(dsn, REQUESTS, sizes["users"], sizes["products"], seed_value=3)
-    snap, meta = live.snapshots(pg, requests=REQUESTS)
+    snap, meta = evidence.pg_snapshots(pg, requests=REQUESTS)
     assert meta["requests"] == REQUESTS and meta["missing"] == []
     assert len(db_dx.n_plus_one(snap.statements)) == 1
-    proposals = live.index_proposals(pg, snap)
+    proposals = evidence.pg_index_proposals(pg, snap)
     assert {(p["table"], tuple(p["columns"])) for p in proposals} == workload.EXPECTED_INDEXES
     assert all({"table", "columns", "reason", "share"} <= set(p) for p in proposals)
 
@@ -233,7 +233,7 @@ def test_proposals_applied_through_the_framework_fix_the_scans(seeded, window, t
     snap = db_dx.to_snapshots(start, end, REQUESTS)
     with stats.connect(dsn) as conn:
         proposals = advisor.advise(conn, snap.statements, snap.tables, snap.indexes).proposals
-    actions = [p.action() for p in proposals]
+    actions = [CreateIndex(**p.action_inputs()) for p in proposals]
     outcomes = execute(actions, make_settings(pg_dsn=dsn, apply=True), tmp_path, actor="tester")
     assert [(o.status, o.verified) for o in outcomes] == [("applied", True)] * len(proposals)
     assert all("EXPLAIN of 1 statement(s) uses it" in o.message or o.verified for o in outcomes)

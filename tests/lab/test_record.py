@@ -13,7 +13,7 @@ from runbook_lib.settings import load_settings
 from runbook_lib.signal_catalog import PRIMARY_SIGNAL
 from runbook_lib.sources.fixture_bundle import FixtureSource
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "fixtures" / "d2-latency"
 PARAMETERS = ROOT / "parameters" / "fixtures.yaml"
 # what the root-cause step reads (fixtures/README.md)

@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 from psycopg import sql
-from test_actions_support import audit_lines, make_settings, pg_indexes, scratch_database
+from tests.support.actions_support import audit_lines, make_settings, pg_indexes, scratch_database
 
 from runbook_lib.actions import (
     ActionFailed,

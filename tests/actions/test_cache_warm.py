@@ -8,8 +8,8 @@ import threading
 import pandas as pd
 import pytest
 import redis
-from test_actions_support import audit_lines, make_settings, steps
-from test_cache_support import FakeApp
+from tests.support.actions_support import audit_lines, make_settings, steps
+from tests.support.cache_support import FakeApp
 
 from runbook_lib.actions import ActionFailed, execute
 from runbook_lib.actions.cache_warm import CacheWarm

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import redis
-from test_cache_support import PAGES, TOTAL, FakeApp, build_keyspace
+from tests.support.cache_support import PAGES, TOTAL, FakeApp, build_keyspace
 
 from runbook_lib.cli.app import main
 

@@ -8,10 +8,11 @@ import subprocess
 
 import pytest
 import redis
-from test_actions_support import audit_lines, make_settings, redis_config, steps
+from tests.support.actions_support import audit_lines, make_settings, redis_config, steps
 
 from runbook_lib.actions import ActionInputError, AuditLog, RedisConfigSet, execute, rollback_run
-from runbook_lib.actions.app_config import AppConfig, app_endpoint, configmap_patch
+from runbook_lib.actions.app_config import AppConfig, configmap_patch
+from runbook_lib.actions.targets import app_endpoint
 from runbook_lib.actions.errors import PlannedOnly
 from runbook_lib.actions.rollback import undo
 from runbook_lib.actions.targets import Targets
@@ -100,7 +101,8 @@ def lab_config(tmp_path):
 
 def test_app_config_change_and_rollback_restore_the_exact_prior_file(lab_config, run_dir):
     before = lab_config.read_text()
-    ttl = AppConfig({"cache_ttl_s": 300, "config_file": str(lab_config)})  # the impact plan's flat form
+    events_file = str(lab_config.parent / EVENTS_FILE)  # the parameters' source.events_file, as 04 passes it
+    ttl = AppConfig({"cache_ttl_s": 300, "config_file": str(lab_config), "events_file": events_file})  # flat form
     scheme = AppConfig(cache_key_scheme="normalized", config_file=str(lab_config))
     assert ttl.inputs.changes == {"cache_ttl_s": 300.0} and ttl.id == "app-config-cache_ttl_s"
     assert ttl.plan().commands == [f"runbook lab config --state {lab_config.parent} cache_ttl_s=300"]
@@ -118,7 +120,7 @@ def test_app_config_change_and_rollback_restore_the_exact_prior_file(lab_config,
         cfg = read_config(lab_config)
         assert (cfg.cache_ttl_s, cfg.cache_key_scheme, cfg.db_pool_max) == (300.0, "normalized", DEGRADED.db_pool_max)
         events = (lab_config.parent / EVENTS_FILE).read_text()
-        assert "config patch: cache_ttl_s=300.0" in events  # went through the lab's own API
+        assert "config patch: cache_ttl_s=300.0" in events  # marked in the event log the charts read
         # rollback newest first, through the framework's undo (prior -> JSON -> prior, as from the audit log)
         for a, prior in reversed(list(zip((ttl, scheme), priors, strict=True))):
             o = undo(a, targets, log, json.loads(json.dumps(prior)), {}, reason="test")

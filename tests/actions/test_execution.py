@@ -12,8 +12,8 @@ import sys
 import textwrap
 
 import pytest
-import test_actions_support
-from test_actions_support import audit_lines, make_settings, pg_indexes, steps, write_parameters
+from tests.support import actions_support as test_actions_support
+from tests.support.actions_support import audit_lines, make_settings, pg_indexes, steps, write_parameters
 
 from runbook_lib.actions import CreateIndex, execute, read_audit, rollback_run, unresolved
 from runbook_lib.actions.audit import AuditLog

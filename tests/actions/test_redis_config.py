@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis
-from test_actions_support import (
+from tests.support.actions_support import (
     PLANTED,
     REDIS_SECRET_ENV,
     assert_no_secret,
@@ -22,7 +22,7 @@ from runbook_lib.actions import (
     by_signal,
     execute,
     outcomes_frame,
-    register_action,
+    EXECUTORS,
     rollback_run,
 )
 
@@ -119,7 +119,6 @@ def test_planted_redis_password_is_in_no_audit_line(private_redis, run_dir, monk
     assert all("requirepass" not in str(r) for r in audit_lines(run_dir))
 
 
-@register_action
 class _NeverInEffect(RedisConfigSet):
     """A config change whose effect never shows: exercises the verify failure path."""
 
@@ -129,7 +128,8 @@ class _NeverInEffect(RedisConfigSet):
         return VerifyResult(False, "simulated: the new value is not visible")
 
 
-def test_verify_failure_stops_the_run_keeps_the_log_consistent_and_can_be_undone(private_redis, run_dir):
+def test_verify_failure_stops_the_run_keeps_the_log_consistent_and_can_be_undone(private_redis, run_dir, monkeypatch):
+    monkeypatch.setitem(EXECUTORS, _NeverInEffect.kind, _NeverInEffect)  # rollback rebuilds it by kind
     before = redis_config(private_redis.url)
     action = _NeverInEffect(config=CHANGE)
     later = RedisConfigSet(config={"maxmemory-samples": "9"})

@@ -11,7 +11,7 @@ import pytest
 
 from runbook_lib.cli.app import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "fixtures" / "d2-latency"
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runbook_lib.steps import evidence, symptom_correlation as steps
+from runbook_lib.steps import evidence, root_cause, symptom_correlation, validation
 from runbook_lib.diagnose import (
     cache_keys as cache,
     statements as db,
@@ -18,7 +18,7 @@ from runbook_lib.diagnose.symptoms import first_movers, symptom_table
 from runbook_lib.settings import Slo, load_settings
 from runbook_lib.sources.fixture_bundle import FixtureSource
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "fixtures" / "d2-synthetic"
 
 
@@ -63,7 +63,8 @@ def test_no_incident_in_flat_or_small_changes():
 
 def test_cache_moves_first_and_cpu_memory_do_not_move(bundle):
     _, df = bundle
-    win, table, _, payload = steps.symptoms(df, 30)
+    found = symptom_correlation.symptoms(df, 30)
+    table, payload = found.table, found.payload
     order = list(table.index[table["onset"].notna()])
     assert order[0] == "cache_hit_ratio"
     assert table.loc["cache_hit_ratio", "leads_primary_by_s"] == 90
@@ -74,10 +75,10 @@ def test_cache_moves_first_and_cpu_memory_do_not_move(bundle):
 
 def test_hypotheses_rank_cache_first_and_rule_out_infrastructure(bundle):
     src, df = bundle
-    _, _, _, payload = steps.symptoms(df, 30)
+    payload = symptom_correlation.symptoms(df, 30).payload
     settings = load_settings(ROOT / "parameters" / "fixtures.yaml")
     snap, _ = evidence.gather(settings, src, df)
-    hyps = steps.root_cause(df, payload, snap, 0.8)
+    hyps = root_cause.root_cause(df, payload, snap, 0.8)
     candidates = evidence.index_candidates(settings, src, snap)
     assert [h.category for h in hyps] == ["cache", "database", "application", "infrastructure"]
     assert hyps[-1].disproved and not any(h.disproved for h in hyps[:3])
@@ -149,16 +150,15 @@ def test_validation_verdict(bundle):
 
 def test_validation_waits_for_data_after_the_change(bundle):
     _, df = bundle
-    _, _, _, payload = steps.symptoms(df, 30)
+    payload = symptom_correlation.symptoms(df, 30).payload
     ongoing = df.loc[: "2026-11-03T11:20:00Z"]  # the incident has not recovered in this data
-    p = steps.symptoms(ongoing, 30)[3]
-    windows, _, _, verdict, out = steps.validation(ongoing, p, {"applied": []}, Slo())
-    assert windows[2] is None and not verdict["validated"] and verdict["verdict"].startswith("NOT VALIDATED YET")
-    assert "runbook run --only 05" in steps.validation_conclusion(verdict, _)
+    p = symptom_correlation.symptoms(ongoing, 30).payload
+    v = validation.validation(ongoing, p, {"applied": []}, Slo())
+    assert v.after is None and not v.verdict["validated"] and v.verdict["verdict"].startswith("NOT VALIDATED YET")
+    assert "runbook run --only 05" in validation.validation_conclusion(v.verdict, v.table)
     # a change applied at 11:00 -> "after" starts once it settled, and there are enough samples
-    windows, table, _, verdict, _ = steps.validation(ongoing, p, {"applied": ["x"], "finished_at": "2026-11-03T11:00:00Z"},
-                                                     Slo())
-    assert windows[2][0] == pd.Timestamp("2026-11-03T11:01:00Z") and verdict["validated"] and not verdict["fixed"]
+    v = validation.validation(ongoing, p, {"applied": ["x"], "finished_at": "2026-11-03T11:00:00Z"}, Slo())
+    assert v.after[0] == pd.Timestamp("2026-11-03T11:01:00Z") and v.verdict["validated"] and not v.verdict["fixed"]
     assert payload["window"]["recovery"] is not None
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
-from test_cache_support import (
+from tests.support.cache_support import (
     CONFIG_KEYS,
     PAGES,
     SEARCH_LOGICAL,

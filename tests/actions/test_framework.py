@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_actions_support import PLANTED, make_settings
+from tests.support.actions_support import PLANTED, make_settings
 
 from runbook_lib.actions import (
     EFFECT_THRESHOLD,
@@ -24,7 +24,7 @@ from runbook_lib.actions import (
     histories,
     plans_frame,
 )
-from runbook_lib.actions.postgres_index import MAX_IDENTIFIER_BYTES, default_index_name
+from runbook_lib.plan.index_ddl import MAX_IDENTIFIER_BYTES, default_index_name
 from runbook_lib.actions.redis_config import memory_bytes
 from runbook_lib.actions.rollback import to_undo
 from runbook_lib.errors import SettingsError

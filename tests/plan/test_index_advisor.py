@@ -16,7 +16,7 @@ from runbook_lib.sources import pg_explain as explain, pg_statistics as stats
 from runbook_lib.errors import ExtensionMissing
 from runbook_lib.sources.fixture_bundle import FixtureBundle as load_bundle
 
-BUNDLE = Path(__file__).resolve().parents[1] / "fixtures" / "d2-synthetic"
+BUNDLE = Path(__file__).resolve().parents[2] / "fixtures" / "d2-synthetic"
 
 
 def test_pg_stat_statements_columns_follow_the_extension_version():
@@ -132,7 +132,7 @@ def test_choice_keeps_only_halving_candidates_prefers_narrow_and_drops_covered_p
     assert p.weighted_reduction == pytest.approx(0.99)
     assert p.ddl == ('CREATE INDEX CONCURRENTLY IF NOT EXISTS "ix_orders_user_id_created_at" ON "public"."orders" '
                      '("user_id", "created_at")')
-    action = p.action()
+    action = CreateIndex(**p.action_inputs())
     assert action.id == "pg-index-orders-user_id-created_at" and action.inputs.verify_statements == ["SELECT * FROM orders WHERE q = 1"]
 
 

@@ -11,7 +11,7 @@ from runbook_lib.signal_catalog import CATALOG
 from runbook_lib.sources.fixture_bundle import FixtureSource
 from runbook_lib.lab.synthetic import write_bundle
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "fixtures" / "d2-synthetic"
 
 

@@ -8,7 +8,7 @@ from runbook_lib.errors import SecretError, SettingsError
 from runbook_lib.redaction import redact_text
 from runbook_lib.settings import SecretRef, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = """incident: {id: t1, title: test}
 source: {kind: fixture, bundle: fixtures/d2-latency}
 """
