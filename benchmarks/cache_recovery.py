@@ -22,7 +22,7 @@ pool), so latency is not the point here, the hit ratio is.
    ``--every`` seconds gives the hit ratio of each window, Prometheus the app's. Reported: the curve, the
    first window at the target, the steady value (the windows from one TTL after the fix on) and, beside
    them, the diagnosis's prediction: its closed-form long-run hit ratio (with its range), and the fitted
-   model simulated request by request with the same warming (``cache.simulate``: every key seen over the
+   model simulated request by request with the same warming (``plan.cache_simulation``: every key seen over the
    before window, jittered TTL), window by window;
 5. rollback of everything, checked to restore the exact prior values (CONFIG GET, config.json).
 
@@ -58,18 +58,18 @@ from runbook_lib.actions.app_config import AppConfig
 from runbook_lib.actions.cache_warm import CacheWarm
 from runbook_lib.actions.rollback import undo
 from runbook_lib.actions.targets import Targets
-from runbook_lib.sources import redis_snapshot as col
-from runbook_lib.plan.cache_sizing import TARGET_HIT_RATIO, fill_hit_ratio
-from runbook_lib.report.cache_diagnosis import build_report, render_text
-from runbook_lib.plan.cache_simulation import expected_windows
-from runbook_lib.plan.cache_warming import TTL_JITTER, lab_path, lab_route, rank_keys
 from runbook_lib.diagnose.cache_keys import logical_key
 from runbook_lib.lab import seed as seeding
 from runbook_lib.lab import stack
 from runbook_lib.lab.config import CONFIG_FILE, read_config
 from runbook_lib.lab.load import INCIDENT_RATE, MAX_DURATION_S, LoadSpec, run_load, run_load_sync
 from runbook_lib.lab.servers import wait_until
+from runbook_lib.plan.cache_simulation import expected_windows
+from runbook_lib.plan.cache_sizing import TARGET_HIT_RATIO, fill_hit_ratio
+from runbook_lib.plan.cache_warming import TTL_JITTER, lab_path, lab_route, rank_keys
+from runbook_lib.report.cache_diagnosis import build_report, render_text
 from runbook_lib.settings import Settings
+from runbook_lib.sources import redis_snapshot as col
 
 RESULTS = ROOT / "benchmarks" / "results" / "cache_recovery.json"
 SCRAPE_WAIT_S = 10.0

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/index_effect.py [--scale 2.0] [--rounds 5] [--requests 10]
 
-A private PostgreSQL (own folder, free port) seeded with ``runbook_lib.pg.workload`` (a known N+1 and
+A private PostgreSQL (own folder, free port) seeded with ``runbook_lib.lab.workload`` (a known N+1 and
 two missing indexes). Each phase serves ``--rounds`` rounds of ``--requests`` simulated requests, the
 same request seeds in both phases, and every round is measured from pg_stat_statements deltas (two
 snapshots around the round). Between the phases the advisor runs on the "before" window and its
@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 from runbook_lib.actions import CreateIndex, execute
 from runbook_lib.diagnose import statements as db_dx
-from runbook_lib.plan import index_advisor as advisor
-from runbook_lib.sources import pg_statistics as stats
 from runbook_lib.lab import workload
 from runbook_lib.lab.servers import PostgresServer
+from runbook_lib.plan import index_advisor as advisor
 from runbook_lib.settings import Settings
+from runbook_lib.sources import pg_statistics as stats
 
 RESULTS = ROOT / "benchmarks" / "results" / "index_effect.json"
 
@@ -131,7 +131,7 @@ def main() -> int:
             for q in before["statements"]}
     result = {
         "what": "DB time per request and statement mean time before vs after the advisor's indexes "
-                "(runbook_lib.pg.workload, pg_stat_statements deltas per round, medians)",
+                "(runbook_lib.lab.workload, pg_stat_statements deltas per round, medians)",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "scale": args.scale, "sizes": sizes, "seed_s": round(seed_s, 2), "rounds": args.rounds,

@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-
 # Confidence labels.
 CONFIDENCE_LABELS = ((0.75, "high"), (0.45, "medium"), (0.0, "low"))
 
@@ -72,7 +71,7 @@ class Snapshots:
     key_patterns: pd.DataFrame | None = None
     keys: pd.DataFrame | None = None  # the key sample itself (key, type, ttl_s, memory_bytes)
     app_config: dict | None = None
-    cache_plan: dict | None = None  # cache.recommend.recommend: TTL, maxmemory, policy with the reasoning
+    cache_plan: dict | None = None  # plan.cache_sizing.recommend: TTL, maxmemory, policy with the reasoning
 
 
 @dataclass(frozen=True)

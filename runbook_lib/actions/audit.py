@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runbook_lib.actions.errors import AuditError
 from runbook_lib.redaction import redact
 from runbook_lib.run_folder import AUDIT_FILE, utc_now
-from runbook_lib.actions.errors import AuditError
 
 # The steps a line can record, in the order they normally happen.
 STEPS = (

@@ -44,7 +44,7 @@ class PlannedOnly(ActionError):
             "app picked it up; the runbook neither applies nor verifies ConfigMap patches")
 
 
-class CacheWarmError(ActionError):
+class CacheWarmError(ActionFailed):
     """Warming stopped before it finished. ``summary`` says what was warmed, skipped and failed so far."""
 
     hint = ("what was warmed so far stays in the cache and expires with its TTL; fix the cause and warm "

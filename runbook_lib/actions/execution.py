@@ -27,18 +27,18 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from runbook_lib.actions.approval import decide
+from runbook_lib.actions.audit import AuditLog, Stopwatch, read_audit
+from runbook_lib.actions.errors import ActionError, ActionFailed, ActionInputError, TargetError, VerifyFailed
+from runbook_lib.actions.framework import Action, Plan
+from runbook_lib.actions.rollback import undo, unresolved
+from runbook_lib.actions.targets import Targets
 from runbook_lib.errors import RunbookError, TargetUnreachable
+from runbook_lib.model import Outcome
 from runbook_lib.redaction import redact, redact_text
 from runbook_lib.run_folder import PARAMETERS_FILE
 from runbook_lib.settings import Settings
 from runbook_lib.signal_catalog import CATALOG
-from runbook_lib.actions.audit import AuditLog, Stopwatch, read_audit
-from runbook_lib.actions.framework import Action, Plan
-from runbook_lib.model import Outcome
-from runbook_lib.actions.errors import ActionError, ActionFailed, ActionInputError, TargetError, VerifyFailed
-from runbook_lib.actions.approval import decide
-from runbook_lib.actions.rollback import undo, unresolved
-from runbook_lib.actions.targets import Targets
 
 # A relative change smaller than this is "no effect": ordinary scrape-to-scrape jitter of latency and
 # hit ratio is a few percent, while the incident moved them by 10x (p95 40 -> 800 ms, hit ratio 0.9 -> <0.1).

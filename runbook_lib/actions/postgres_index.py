@@ -36,8 +36,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field, field_validator
 
-from runbook_lib.sources import pg_explain as explain
-from runbook_lib.errors import PgDiagnosisError
+from runbook_lib.actions.errors import ActionFailed, ActionInputError
 from runbook_lib.actions.framework import (
     Action,
     ApplyResult,
@@ -47,13 +46,14 @@ from runbook_lib.actions.framework import (
     VerifyResult,
     slug,
 )
-from runbook_lib.actions.errors import ActionFailed, ActionInputError
+from runbook_lib.errors import PgDiagnosisError
 from runbook_lib.plan.index_ddl import (
     MAX_VERIFY_STATEMENTS,
     check_identifier,
     create_index_statement,
     default_index_name,
 )
+from runbook_lib.sources import pg_explain as explain
 
 # How long the index build may wait for its SHARE UPDATE EXCLUSIVE lock before giving up: long
 # enough for ordinary transactions to finish, short enough not to queue behind a long one

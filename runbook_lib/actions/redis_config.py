@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
+from runbook_lib.actions.errors import ActionInputError
 from runbook_lib.actions.framework import (
     Action,
     ApplyResult,
@@ -26,7 +27,6 @@ from runbook_lib.actions.framework import (
     VerifyResult,
     slug,
 )
-from runbook_lib.actions.errors import ActionInputError
 
 # Redis memory units (redis.conf header): k=1000, kb=1024, m=10^6, mb=1024^2, g=10^9, gb=1024^3.
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}

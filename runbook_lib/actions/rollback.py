@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runbook_lib.actions.approval import default_actor
+from runbook_lib.actions.audit import AuditLog, Stopwatch, read_audit
+from runbook_lib.actions.errors import ActionFailed, RollbackError
+from runbook_lib.actions.framework import Action
+from runbook_lib.actions.registry import build_action
+from runbook_lib.actions.targets import Targets
+from runbook_lib.model import Outcome
 from runbook_lib.redaction import redact_text
 from runbook_lib.run_folder import PARAMETERS_FILE
 from runbook_lib.settings import Settings, load_settings
-from runbook_lib.actions.audit import AuditLog, Stopwatch, read_audit
-from runbook_lib.actions.framework import Action
-from runbook_lib.actions.registry import build_action
-from runbook_lib.model import Outcome
-from runbook_lib.actions.errors import ActionFailed, RollbackError
-from runbook_lib.actions.approval import default_actor
-from runbook_lib.actions.targets import Targets
 
 # States in which an action may have changed the server and so has something to undo.
 UNDO_STATES = ("applied", "applying", "uncertain", "rolling_back")

@@ -15,10 +15,10 @@ from typing import Any, Self
 import psycopg
 import redis
 
-from runbook_lib.redaction import postgres_endpoint, redact_text, redis_endpoint
-from runbook_lib.settings import Settings
 from runbook_lib.actions.errors import TargetError
 from runbook_lib.errors import TargetUnreachable
+from runbook_lib.redaction import postgres_endpoint, redact_text, redis_endpoint
+from runbook_lib.settings import Settings
 
 # Bounded connects: a server that does not answer in this many seconds is reported, not waited on.
 CONNECT_TIMEOUT_S = 10

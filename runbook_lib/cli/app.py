@@ -14,9 +14,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from runbook_lib import __version__
+from runbook_lib.cli import diagnose, rollback
 from runbook_lib.errors import RunbookError
 from runbook_lib.redaction import redact_text
-from runbook_lib.cli import diagnose, rollback
+from runbook_lib.signal_catalog import describe
 
 # Tools built on the product add their commands through this entry-point group (pyproject.toml).
 PLUGIN_GROUP = "runbook.commands"
@@ -44,8 +45,6 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_signals(args) -> int:
-    from runbook_lib.signal_catalog import describe
-
     rows = describe()
     width = max(len(r["name"]) for r in rows)
     for r in rows:

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from runbook_lib.redaction import redis_endpoint
-from runbook_lib.settings import SecretRef
-from runbook_lib.sources.redis_snapshot import SAMPLE_SIZE, WATCH_EVERY_S, collect, connect
 from runbook_lib.errors import CacheError
 from runbook_lib.plan.cache_sizing import MAX_STALENESS_S, TARGET_HIT_RATIO
+from runbook_lib.redaction import redis_endpoint
 from runbook_lib.report.cache_diagnosis import build_report, render_text
+from runbook_lib.settings import SecretRef
+from runbook_lib.sources.redis_snapshot import SAMPLE_SIZE, WATCH_EVERY_S, collect, connect
 
 DEFAULT_WINDOW_S = 10.0
 # A window longer than this is a typo (an hour of waiting at a terminal).

@@ -16,12 +16,11 @@ import sys
 import psycopg
 from pydantic import ValidationError
 
-from runbook_lib.redaction import postgres_endpoint
-from runbook_lib.redaction import redact_text
-from runbook_lib.settings import Postgres, SecretRef
-from runbook_lib.report import db_diagnosis as report
-from runbook_lib.sources import pg_statistics as stats
 from runbook_lib.errors import PgDiagnosisError
+from runbook_lib.redaction import postgres_endpoint, redact_text
+from runbook_lib.report import db_diagnosis as report
+from runbook_lib.settings import Postgres, SecretRef
+from runbook_lib.sources import pg_statistics as stats
 
 
 def _positive(v: str) -> float:

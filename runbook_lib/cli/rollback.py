@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runbook_lib.redaction import redact_text
+from runbook_lib.actions.rollback import rollback_run
 from runbook_lib.model import Outcome
+from runbook_lib.redaction import redact_text
 
 
 def register(subparsers) -> None:
@@ -23,8 +24,6 @@ def register(subparsers) -> None:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from runbook_lib.actions.rollback import rollback_run
-
     run_dir = Path(args.run_dir)
     outcomes = rollback_run(run_dir, action_id=args.action, apply=args.apply)
     for line in format_outcomes(outcomes, run_dir, args.apply):

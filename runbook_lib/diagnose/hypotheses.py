@@ -8,13 +8,12 @@ that could be evaluated. Pure: no I/O.
 
 from __future__ import annotations
 
-
 import pandas as pd
 
-from runbook_lib.signal_catalog import PRIMARY_SIGNAL
 from runbook_lib.diagnose import cache_keys as cache_dx
 from runbook_lib.diagnose import statements as db_dx
 from runbook_lib.model import Evidence, Hypothesis, Snapshots
+from runbook_lib.signal_catalog import PRIMARY_SIGNAL
 
 # Pool "saturated" when in-use connections sit at >= 95% of the pool size for most of the incident.
 POOL_SATURATED_SHARE = 0.95

@@ -8,12 +8,11 @@ cumulative sums and runs in milliseconds on a few thousand points.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
-from runbook_lib.model import IncidentWindow
 from runbook_lib.errors import NoIncidentFound
+from runbook_lib.model import IncidentWindow
 
 # A level change smaller than this (as a ratio of segment means) is noise, not an incident.
 # 2x is well above the ~5-10% sampling noise of a 30 s rate() and well below the 10-20x of a real page.

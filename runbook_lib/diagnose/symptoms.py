@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from runbook_lib.signal_catalog import CATALOG, PRIMARY_SIGNAL
 from runbook_lib.model import IncidentWindow
+from runbook_lib.signal_catalog import CATALOG, PRIMARY_SIGNAL
 
 # A signal "changed" when its incident median differs from its baseline median by more than this
 # share (25%): above the 5-10% noise of rate()-derived series, below any causal move in this incident.

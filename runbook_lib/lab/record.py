@@ -34,10 +34,13 @@ import psycopg
 import redis
 import yaml
 
+from runbook_lib.actions.audit import audit_path, read_audit
 from runbook_lib.lab.config import CONFIG_FILE, EVENTS_FILE
 from runbook_lib.lab.errors import LabError
 from runbook_lib.settings import Settings, display_path, load_settings
 from runbook_lib.sources.events import read_events_file
+from runbook_lib.sources.fixture_bundle import FixtureBundle, Manifest
+from runbook_lib.sources.prometheus import PrometheusSource
 from runbook_lib.sources.timeseries import Event
 
 MAX_WAIT_S = 2 * 3600        # record at most two hours ahead
@@ -95,8 +98,6 @@ def _events(state: Path, start: datetime, end: datetime, run: Path | None = None
 
 def _run_events(run: Path) -> list[Event]:
     """One remediation event per change the run's audit log says was applied (and changed something)."""
-    from runbook_lib.actions.audit import audit_path, read_audit
-
     if not audit_path(run).exists():
         raise LabError(f"{display_path(audit_path(run))} does not exist",
                        hint="--run names a run folder of 'runbook run'")
@@ -208,8 +209,6 @@ class Snapshotter:
 
 
 def _signals(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
-    from runbook_lib.sources.prometheus import PrometheusSource
-
     if settings.source.kind != "prometheus":
         raise LabError(f"record reads a Prometheus source, not {settings.source.kind!r}",
                        hint="use parameters/lab.yaml or another file with source.kind: prometheus")
@@ -227,8 +226,6 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
     ``snapshots_at=(t0, t1)``: take the ``.start`` snapshots at t0 and the ``.end`` ones at t1 instead of
     at ``start`` and ``end`` (``start <= t0 < t1 <= end``). ``run``: see the module's docstring.
     """
-    from runbook_lib.sources.fixture_bundle import FixtureBundle, Manifest
-
     settings = load_settings(parameters)
     if end <= start:
         raise LabError("--to must be after --from")

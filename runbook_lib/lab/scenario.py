@@ -28,15 +28,14 @@ from runbook_lib.lab.background_load import (  # noqa: F401 - load_status, stop_
     start_background_load,
     stop_load,
 )
-from runbook_lib.lab.servers import pid_alive
 from runbook_lib.lab.config import EVENTS_FILE
 from runbook_lib.lab.errors import LabError
-from runbook_lib.lab.servers import log_tail, wait_until
+from runbook_lib.lab.servers import log_tail, pid_alive, wait_until
 from runbook_lib.lab.stack import apply_profile, prom_value, read_lab
 from runbook_lib.sources.events import read_events_file
 
 SCENARIO_EVENT = "load scenario start: healthy profile (baseline)"
-# Baseline and incident lengths: diagnose.window needs >= 10 samples per segment (50 s at lab.yaml's 5 s
+# Baseline and incident lengths: diagnose.incident_window needs >= 10 samples per segment (50 s at lab.yaml's 5 s
 # step) and lab.yaml's rate() windows take 30 s to settle after a switch; a few minutes of each give the
 # charts and correlations room (the lab_suite benchmark used 100 s + 150 s).
 DEFAULT_BASELINE_S = 150.0

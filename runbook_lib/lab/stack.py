@@ -6,7 +6,7 @@ config.json and events.jsonl as ``${RUNBOOK_LAB_DIR:-/tmp/runbook-lab}/...``)::
 
     lab.json        what up started: ports, URLs, DSN, scale, seed, profile, timings
     config.json     the backend's knobs (the ConfigMap; see config.py)
-    postgres/  redis/  prometheus/   one folder per server (services.py: server.json, log, data)
+    postgres/  redis/  prometheus/   one folder per server (servers.py: server.json, log, data)
     backend/        backend.json (supervisor and replica PIDs), targets.json (Prometheus file_sd), log
 
 Ports: each component first tries a fixed well-known port (``PREFERRED_PORTS``) so that

@@ -12,7 +12,7 @@ the pool saturates and ~10% of requests fail with 5xx; CPU and memory stay norma
 Every figure here is made up but internally consistent: the snapshot counters agree with the signal
 rates over the snapshot window (calls per request, hits/misses, seq scans). Regenerate with::
 
-    python -m runbook_lib.synthetic fixtures/d2-synthetic --seed 42
+    python -m runbook_lib.lab.synthetic fixtures/d2-synthetic --seed 42
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def write_bundle(folder: Path, seed: int = 42) -> Path:
                        "the TTL to 5 s. Cache hit ratio fell under 10%, the database took every miss "
                        "(N+1 order loading, sequential scans), the 20-connection pool saturated and ~10% "
                        "of requests failed. Fixed at 11:30 with indexes, a cache config fix and warming.",
-        "provenance": f"synthetic: python -m runbook_lib.synthetic fixtures/d2-synthetic --seed {seed} "
+        "provenance": f"synthetic: python -m runbook_lib.lab.synthetic fixtures/d2-synthetic --seed {seed} "
                       "(ground truth for the analysis tests; fixtures/d2-latency is the lab recording)",
         "step_seconds": STEP_S,
         "signals_file": "signals.csv",

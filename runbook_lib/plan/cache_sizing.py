@@ -1,15 +1,15 @@
 """A cache TTL, a maxmemory and an eviction policy computed from measured figures, with the reasoning.
 
-Pure: takes the window deltas (``diagnose.cache.window_deltas``), the key sample, the key names seen over
+Pure: takes the window deltas (``diagnose.cache_keys.window_deltas``), the key sample, the key names seen over
 the window and the app's current settings; every recommendation carries ``reasoning`` lines a reader can
 check by hand.
 
 TTL: a popularity model extrapolated beyond the window.
 
 * Requests. Under a single-use key scheme every request that missed wrote a new version of its logical key
-  (``diagnose.cache.logical_key``), stamped with its time (``key_timestamp_s``): the names seen over the
+  (``diagnose.cache_keys.logical_key``), stamped with its time (``key_timestamp_s``): the names seen over the
   window are the requests, by logical key. Logical keys fall into families (their pattern,
-  ``diagnose.cache.key_pattern``: ``api:users::page={n}``, ``api:user_orders:{n}:``, ...).
+  ``diagnose.cache_keys.key_pattern``: ``api:users::page={n}``, ``api:user_orders:{n}:``, ...).
 * Rates. Over the window's span ``W`` a family received ``n_f`` requests (rate ``n_f / W``). Within a
   family, popularity is fitted with a Zipf law (rank ``k`` of ``N`` keys asked for with weight ``k^-s``;
   Breslau et al., "Web caching and Zipf-like distributions", INFOCOM 1999) by maximum likelihood on how

@@ -24,7 +24,7 @@ from runbook_lib.diagnose.cache_keys import logical_key
 # diagnosis flags). It lasts: a popular key is asked for again right after it expires, the app rewrites it
 # at once, so its expiry keeps that phase TTL after TTL and the cluster comes back a TTL later. Spreading
 # the first expiry over half the TTL spreads those phases for good: simulated on the lab's load (18 req/s,
-# every key seen over 5 min warmed, 30 min TTL; ``cache.simulate``, tests/test_cache_simulate.py), 10% left
+# every key seen over 5 min warmed, 30 min TTL; ``plan.cache_simulation``, tests/plan/test_cache_simulation.py), 10% left
 # a dip of ~5 points in the hit ratio for ~3 minutes at 27-30 min and a smaller one at 57-60 min, 50% none.
 # It costs each warmed key at most one extra miss. Never longer than the TTL, which is the staleness bound.
 TTL_JITTER = 0.5

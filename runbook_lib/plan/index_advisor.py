@@ -31,12 +31,12 @@ from pglast import ast
 from pglast.enums import A_Expr_Kind, BoolExprType
 from psycopg import sql
 
-from runbook_lib.plan.index_ddl import MAX_VERIFY_STATEMENTS as MAX_VERIFY
-from runbook_lib.plan.index_ddl import create_index_statement, render
 from runbook_lib.diagnose import statements as db_dx
 from runbook_lib.diagnose.index_candidates import parse_select
-from runbook_lib.sources import pg_explain as explain
 from runbook_lib.errors import ExtensionMissing, PgDiagnosisError
+from runbook_lib.plan.index_ddl import MAX_VERIFY_STATEMENTS as MAX_VERIFY
+from runbook_lib.plan.index_ddl import create_index_statement, render
+from runbook_lib.sources import pg_explain as explain
 
 # A candidate is kept only when it at least halves a statement's plan cost: dexter's default
 # (--min-cost-savings-pct 50), which also evaluates its candidates with HypoPG.

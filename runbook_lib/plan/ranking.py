@@ -8,11 +8,10 @@ immediate (minutes, reversible config), short term (hours: indexes, pool), long 
 
 from __future__ import annotations
 
-
 import pandas as pd
 
-from runbook_lib.model import Hypothesis
-from runbook_lib.model import PlannedAction
+from runbook_lib.diagnose.statements import n_plus_one
+from runbook_lib.model import Hypothesis, PlannedAction
 
 PHASE_ORDER = {"immediate": 0, "short-term": 1, "long-term": 2}
 
@@ -30,7 +29,7 @@ def _memory_reason(redis: dict | None) -> str:
             f"({redis['maxmemory_policy']}), {redis['evicted_per_s']:.1f} evictions/s; a longer TTL keeps more keys")
 
 
-# Without a recommendation computed from Redis evidence (cache.recommend), the seed incident's fix.
+# Without a recommendation computed from Redis evidence (plan.cache_sizing), the seed incident's fix.
 DEFAULT_TTL_S = 300
 DEFAULT_REDIS = {"maxmemory": "512mb", "maxmemory-policy": "allkeys-lru"}
 
@@ -59,7 +58,7 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
             cache_plan: dict | None = None) -> list[PlannedAction]:
     """Actions for every supported hypothesis. ``index_candidates``: [{table, columns, reason}];
     ``redis``: the INFO deltas of the window (for the memory action's reason); ``cache_plan``: the
-    recommendation of ``cache.recommend.recommend`` (TTL, maxmemory, policy sized from the evidence)."""
+    recommendation of ``plan.cache_sizing.recommend`` (TTL, maxmemory, policy sized from the evidence)."""
     by = {h.category: h for h in hyps if not h.disproved}
     cfg = app_config or {}
     out: list[PlannedAction] = []
@@ -94,8 +93,6 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
                                      "database", "postgres.create_index", inputs,
                                      _gain(h, c.get("share", 0.3)), 1.0, "medium", c["reason"]))
         if statements is not None and len(statements):
-            from runbook_lib.diagnose.statements import n_plus_one
-
             for qid, row in n_plus_one(statements).iterrows():
                 out.append(PlannedAction(f"rewrite-n-plus-one-{abs(int(qid)) % 10**8}", "long-term",
                                          "Load orders with one JOIN instead of one query per user", "database",

@@ -1,6 +1,6 @@
 """The cache diagnosis as one JSON-able dict, and a readable text rendering of it.
 
-``build_report(snapshot)`` runs every pure analysis of ``runbook_lib.diagnose.cache`` and the
+``build_report(snapshot)`` runs every pure analysis of ``runbook_lib.diagnose.cache_keys`` and the
 recommendations on one ``collect.CacheSnapshot``; ``render_text`` turns the dict into the terminal
 report. ``hypothesis_snapshots`` gives the ``Snapshots`` fields the root-cause step reads.
 """
@@ -13,9 +13,9 @@ from typing import Any
 import pandas as pd
 
 from runbook_lib.diagnose import cache_keys as dx
-from runbook_lib.sources.redis_snapshot import CacheSnapshot
 from runbook_lib.plan.cache_sizing import MAX_STALENESS_S, TARGET_HIT_RATIO, recommend
 from runbook_lib.plan.cache_warming import rank_keys
+from runbook_lib.sources.redis_snapshot import CacheSnapshot
 
 # The report lists this many patterns and expiry clusters; the JSON has them all.
 TOP_PATTERNS = 8

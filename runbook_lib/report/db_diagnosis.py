@@ -18,10 +18,12 @@ import pandas as pd
 import psycopg
 
 from runbook_lib.diagnose import statements as db_dx
-from runbook_lib.redaction import redact, redact_text
-from runbook_lib.plan import index_advisor as advisor, pool_sizing as pool, query_rewrites as rewrite
-from runbook_lib.sources import pg_statistics as stats
 from runbook_lib.errors import PgDiagnosisError
+from runbook_lib.plan import index_advisor as advisor
+from runbook_lib.plan import pool_sizing as pool
+from runbook_lib.plan import query_rewrites as rewrite
+from runbook_lib.redaction import redact, redact_text
+from runbook_lib.sources import pg_statistics as stats
 
 # Statements listed in the report (the JSON carries the same).
 TOP_STATEMENTS = 10

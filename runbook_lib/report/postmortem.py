@@ -16,9 +16,9 @@ import pandas as pd
 import plotly.io as pio
 
 from runbook_lib.actions.audit import read_audit
+from runbook_lib.errors import ExportError
 from runbook_lib.redaction import redact_text
 from runbook_lib.run_folder import FIGURES_DIR, run_status
-from runbook_lib.errors import ExportError
 
 # Charts embedded in the HTML, in this order, when the run has them.
 EXPORT_FIGURES = ("01-signals", "02-cache-hit", "05-before-after", "05-slo-latency_p95_ms", "05-slo-error_ratio",

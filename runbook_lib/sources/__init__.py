@@ -10,6 +10,7 @@ __all__ = ["Event", "SignalSource", "open_source", "regularize", "to_utc"]
 
 
 def open_source(settings: Settings) -> SignalSource:
+    # Each backend is imported when chosen: boto3 (CloudWatch) alone takes about a second to import.
     src = settings.source
     if src.kind == "fixture":
         from runbook_lib.sources.fixture_bundle import FixtureSource

@@ -31,8 +31,8 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from runbook_lib.redaction import postgres_endpoint, redact_text
 from runbook_lib.errors import ExtensionMissing, InsufficientPrivilege, PgDiagnosisError, TargetUnreachable
+from runbook_lib.redaction import postgres_endpoint, redact_text
 from runbook_lib.sources.pg_explain import MARKER, marked
 
 # Bounded connects and reads: the statistics views answer in milliseconds; a server that needs longer

@@ -5,7 +5,7 @@ becomes that signal's column. Long ranges are split into several requests so non
 Prometheus's per-series resolution limit. Talks to Prometheus through ``prometheus_api_client``.
 
 The bearer token (``source.bearer_token``) is read from its SecretRef when the first request is
-made, sent as an ``Authorization: Bearer`` header, registered with ``runbook_lib.redact`` and never
+made, sent as an ``Authorization: Bearer`` header, registered with ``runbook_lib.redaction`` and never
 written into a message, repr or log line.
 """
 
@@ -28,8 +28,8 @@ from urllib3.util.retry import Retry
 from runbook_lib.errors import SourceError
 from runbook_lib.redaction import redact_text
 from runbook_lib.settings import PrometheusSource as PrometheusSettings
-from runbook_lib.sources.timeseries import Event, SignalSource, to_utc
 from runbook_lib.sources.events import read_events_file
+from runbook_lib.sources.timeseries import Event, SignalSource, to_utc
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ INFO snapshot *before* sampling keys: the window's hit ratio never includes the 
 server making room, not a write by the sampler.)
 
 Shapes are the fixture bundle's (fixtures/README.md), so the pure functions in
-``runbook_lib.diagnose.cache`` run on live and recorded data alike:
+``runbook_lib.diagnose.cache_keys`` run on live and recorded data alike:
 
 * ``info_snapshot`` -> the ``redis_info.*`` mapping (plus ``server_time`` from TIME, ``dbsize`` and a
   few memory fields);
@@ -31,9 +31,8 @@ from typing import Any
 import pandas as pd
 import redis
 
-from runbook_lib.redaction import redis_endpoint
-from runbook_lib.redaction import redact_text
 from runbook_lib.errors import AppMetricsError, CacheError, TargetUnreachable
+from runbook_lib.redaction import redact_text, redis_endpoint
 
 # INFO fields kept in a snapshot: the fixture's redis_info fields first, then what the report adds.
 INFO_FIELDS = ("keyspace_hits", "keyspace_misses", "evicted_keys", "expired_keys", "used_memory", "maxmemory",

@@ -1,7 +1,7 @@
 """The one interface every signal backend implements.
 
 ``fetch(names, start, end, step_seconds)`` returns a DataFrame indexed by UTC time (named ``time``),
-one float column per requested signal name from the catalog (``runbook_lib.signals``), resampled
+one float column per requested signal name from the catalog (``runbook_lib.signal_catalog``), resampled
 onto the regular grid ``start, start+step, ...``; gaps are NaN. Analysis code only ever sees this.
 """
 

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import plotly.io as pio
 
+from runbook_lib.errors import RunbookError, SettingsError
 from runbook_lib.run_folder import FIGURES_DIR, read_json, write_json
 from runbook_lib.settings import SECTIONS, Settings, display_path, load_settings, project_root, resolve_path
 from runbook_lib.sources import Event, SignalSource, open_source, to_utc
@@ -65,11 +66,11 @@ class Step:
             return end - pd.Timedelta(w.last), end
         rng = self.source.default_range()
         if rng is None:
-            from runbook_lib.errors import SettingsError
-
-            if self.settings.mode == "lab":
-                raise SettingsError(f"{display_path(self.parameters_file)}: no window and no incident scenario in "
-                                    "the lab's events", hint="start one with 'runbook lab load', or give window.last")
+            label = self.settings.window.start_at_event
+            if label is not None:
+                raise SettingsError(f"{display_path(self.parameters_file)}: window.start_at_event: no event "
+                                    f"{label!r} in {self.settings.source.events_file}",
+                                    hint="the lab: start a scenario with 'runbook lab load'; or give window.last")
             raise SettingsError(f"{display_path(self.parameters_file)}: window: give start/end or last for a "
                                 f"{self.settings.source.kind} source")
         return rng
@@ -93,8 +94,6 @@ class Step:
         if left <= 0:
             return f"{what}: already available"
         if left > MAX_WAIT.total_seconds():
-            from runbook_lib.errors import RunbookError
-
             raise RunbookError(f"{what} is {left:.0f} s away, more than the {MAX_WAIT.total_seconds():.0f} s this "
                                "step waits", hint="re-run this step later: runbook run --only 05 --out RUN_DIR")
         from tqdm import tqdm

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from runbook_lib import actions as fw
-from runbook_lib.settings import Settings
+from runbook_lib.settings import Settings, resolve_path
 
 # What each kind without an executor would do, in words, and why it is not executed yet.
 NO_EXECUTOR = {
@@ -44,7 +44,9 @@ def target_inputs(kind: str, settings: Settings) -> dict:
         found = {"source_url": settings.app.base_url, "config_file": settings.app.config_file}
     else:
         found = {}
-    return {k: v for k, v in found.items() if v is not None}
+    # paths as the run resolved them (${NAME:-default} expanded): the audit, and a rollback from it, name the
+    # very file that was changed
+    return {k: (v if k == "source_url" else str(resolve_path(v))) for k, v in found.items() if v is not None}
 
 
 def build(plan: dict, settings: Settings) -> list[Entry]:

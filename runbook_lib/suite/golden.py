@@ -3,7 +3,7 @@
 nbval compares a fresh execution of each notebook with the outputs stored in it, so any change to
 the analysis that alters a number fails the tests until the notebooks are regenerated::
 
-    .venv/bin/python -m runbook_lib.golden
+    .venv/bin/python -m runbook_lib.suite.golden
 
 Runs in order (each notebook reads what the one before wrote) in a scratch run folder, without
 timing metadata, so regenerating twice gives identical files.
@@ -18,8 +18,8 @@ import tempfile
 import nbformat
 from nbclient import NotebookClient
 
-from runbook_lib.suite.runner import KERNEL_ARGUMENTS, NOTEBOOKS, notebooks_dir
 from runbook_lib.settings import project_root
+from runbook_lib.suite.runner import KERNEL_ARGUMENTS, NOTEBOOKS, notebooks_dir
 
 CELL_TIMEOUT_S = 600
 

@@ -18,6 +18,7 @@ import yaml
 from papermill.exceptions import PapermillExecutionError
 
 from runbook_lib.errors import NotebookFailed, RunbookError, UnknownSignalError
+from runbook_lib.report.postmortem import export_run
 from runbook_lib.run_folder import PARAMETERS_FILE, new_run_dir, update_run_status, utc_now
 from runbook_lib.settings import Settings, display_path, load_settings, project_root
 from runbook_lib.sources import SignalSource, open_source
@@ -123,8 +124,6 @@ def run_suite(parameters: Path, out: Path | None = None, export: bool = True,
         update_run_status(run_dir, notebooks=done)
         _say(f"[{i}/{len(chosen)}] {name} ok ({secs:.1f} s)")
     if export:
-        from runbook_lib.report.postmortem import export_run
-
         for path in export_run(run_dir):
             _say(f"exported {display_path(path)}")
     update_run_status(run_dir, status="complete", finished_at=utc_now().isoformat())

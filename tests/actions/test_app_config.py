@@ -8,16 +8,15 @@ import subprocess
 
 import pytest
 import redis
-from tests.support.actions_support import audit_lines, make_settings, redis_config, steps
 
 from runbook_lib.actions import ActionInputError, AuditLog, RedisConfigSet, execute, rollback_run
 from runbook_lib.actions.app_config import AppConfig, configmap_patch
-from runbook_lib.actions.targets import app_endpoint
 from runbook_lib.actions.errors import PlannedOnly
 from runbook_lib.actions.rollback import undo
-from runbook_lib.actions.targets import Targets
+from runbook_lib.actions.targets import Targets, app_endpoint
 from runbook_lib.lab.config import DEGRADED, EVENTS_FILE, read_config, write_config
 from runbook_lib.lab.servers import free_port, kill_pid, wait_until
+from tests.support.actions_support import audit_lines, make_settings, redis_config, steps
 
 CHANGE = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru"}
 

@@ -8,13 +8,13 @@ import threading
 import pandas as pd
 import pytest
 import redis
-from tests.support.actions_support import audit_lines, make_settings, steps
-from tests.support.cache_support import FakeApp
 
 from runbook_lib.actions import ActionFailed, execute
+from runbook_lib.actions import cache_warm as w
 from runbook_lib.actions.cache_warm import CacheWarm
-from runbook_lib.plan import cache_warming as w
 from runbook_lib.actions.errors import CacheWarmError
+from tests.support.actions_support import audit_lines, make_settings, steps
+from tests.support.cache_support import FakeApp
 
 pytestmark = pytest.mark.slow
 
@@ -145,8 +145,8 @@ def test_redis_stopping_mid_warm_is_a_clear_error_and_the_audit_log_stays_consis
 
 
 def test_warmed_keys_get_ttl_jitter_so_they_do_not_expire_together(private_redis):
-    from runbook_lib.sources.redis_snapshot import key_sample
     from runbook_lib.diagnose.cache_keys import expiry_clusters
+    from runbook_lib.sources.redis_snapshot import key_sample
 
     r = redis.Redis.from_url(private_redis.url, socket_timeout=10)
     s = w.warm(r, [f"k{i}" for i in range(200)], lambda k: b"v", ttl_s=1000, concurrency=8, progress=False)

@@ -12,11 +12,11 @@ import sys
 import textwrap
 
 import pytest
-from tests.support import actions_support as test_actions_support
-from tests.support.actions_support import audit_lines, make_settings, pg_indexes, steps, write_parameters
 
 from runbook_lib.actions import CreateIndex, execute, read_audit, rollback_run, unresolved
 from runbook_lib.actions.audit import AuditLog
+from tests.support import actions_support as test_actions_support
+from tests.support.actions_support import audit_lines, make_settings, pg_indexes, steps, write_parameters
 
 pytestmark = pytest.mark.slow
 pg_dsn = test_actions_support.pg_dsn  # the fixture: a fresh database per test
@@ -26,10 +26,11 @@ INDEX = CreateIndex(table="orders", columns=["user_id", "created_at"])
 CHILD_TIMEOUT_S = 60
 
 # Runs the apply in a child process that kills itself with SIGKILL right after the index exists on
-# the server and before the "applied" line is written (runner.after_change_hook is the test hook).
+# the server and before the "applied" line is written (execution.after_change_hook is the test hook).
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    from runbook_lib.actions import CreateIndex, runner
+    from runbook_lib.actions import CreateIndex
+    from runbook_lib.actions import execution as runner
     from runbook_lib.settings import load_settings
 
     run_dir = sys.argv[1]

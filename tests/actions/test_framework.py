@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.support.actions_support import PLANTED, make_settings
 
 from runbook_lib.actions import (
     EFFECT_THRESHOLD,
@@ -24,12 +23,13 @@ from runbook_lib.actions import (
     histories,
     plans_frame,
 )
-from runbook_lib.plan.index_ddl import MAX_IDENTIFIER_BYTES, default_index_name
 from runbook_lib.actions.redis_config import memory_bytes
 from runbook_lib.actions.rollback import to_undo
-from runbook_lib.errors import SettingsError
+from runbook_lib.errors import SettingsError, TargetUnreachable
+from runbook_lib.plan.index_ddl import MAX_IDENTIFIER_BYTES, default_index_name
 from runbook_lib.redaction import register_secret
 from runbook_lib.settings import Remediation, load_settings
+from tests.support.actions_support import PLANTED, make_settings
 
 
 @pytest.mark.parametrize(("before", "after", "higher_is_worse", "expected"), [
@@ -141,9 +141,10 @@ def test_audit_lines_are_redacted(tmp_path):
 def test_unreachable_server_error_has_no_secret(monkeypatch):
     monkeypatch.setenv("RUNBOOK_SECRET_PG", PLANTED)
     settings = make_settings(pg_dsn="postgresql://app@127.0.0.1:1/shop", pg_secret=True)
-    with pytest.raises(TargetError) as err, Targets(settings) as t:
+    with pytest.raises(TargetUnreachable) as err, Targets(settings) as t:
         t.postgres()
     assert PLANTED not in str(err.value) and "postgres://127.0.0.1:1/shop" in str(err.value)
+    assert err.value.endpoint == "postgres://127.0.0.1:1/shop" and err.value.hint
 
 
 def test_history_replay():

@@ -4,16 +4,6 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from tests.support import actions_support as test_actions_support
-from tests.support.actions_support import (
-    PG_SECRET_ENV,
-    PLANTED,
-    assert_no_secret,
-    audit_lines,
-    make_settings,
-    pg_indexes,
-    steps,
-)
 
 from runbook_lib.actions import (
     ActionFailed,
@@ -26,6 +16,16 @@ from runbook_lib.actions import (
     rollback_run,
 )
 from runbook_lib.settings import Remediation
+from tests.support import actions_support as test_actions_support
+from tests.support.actions_support import (
+    PG_SECRET_ENV,
+    PLANTED,
+    assert_no_secret,
+    audit_lines,
+    make_settings,
+    pg_indexes,
+    steps,
+)
 
 pytestmark = pytest.mark.slow
 pg_dsn = test_actions_support.pg_dsn  # the fixture: a fresh database per test

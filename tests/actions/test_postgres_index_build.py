@@ -12,7 +12,6 @@ import uuid
 import psycopg
 import pytest
 from psycopg import sql
-from tests.support.actions_support import audit_lines, make_settings, pg_indexes, scratch_database
 
 from runbook_lib.actions import (
     ActionFailed,
@@ -23,6 +22,7 @@ from runbook_lib.actions import (
     rollback_run,
 )
 from runbook_lib.actions import postgres_index as pgi
+from tests.support.actions_support import audit_lines, make_settings, pg_indexes, scratch_database
 
 pytestmark = pytest.mark.slow
 

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import pytest
 import redis
+
+from runbook_lib.actions import (
+    EXECUTORS,
+    ActionInputError,
+    RedisConfigSet,
+    VerifyFailed,
+    VerifyResult,
+    by_signal,
+    execute,
+    outcomes_frame,
+    rollback_run,
+)
 from tests.support.actions_support import (
     PLANTED,
     REDIS_SECRET_ENV,
@@ -12,18 +24,6 @@ from tests.support.actions_support import (
     make_settings,
     redis_config,
     steps,
-)
-
-from runbook_lib.actions import (
-    ActionInputError,
-    RedisConfigSet,
-    VerifyFailed,
-    VerifyResult,
-    by_signal,
-    execute,
-    outcomes_frame,
-    EXECUTORS,
-    rollback_run,
 )
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import redis
-from tests.support.cache_support import PAGES, TOTAL, FakeApp, build_keyspace
 
 from runbook_lib.cli.app import main
+from tests.support.cache_support import PAGES, TOTAL, FakeApp, build_keyspace
 
 pytestmark = pytest.mark.slow
 

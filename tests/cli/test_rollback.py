@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
+from runbook_lib.actions import CreateIndex, RedisConfigSet, execute
+from runbook_lib.cli.app import main
 from tests.support import actions_support as test_actions_support
 from tests.support.actions_support import (
     PG_SECRET_ENV,
@@ -13,9 +16,6 @@ from tests.support.actions_support import (
     redis_config,
     steps,
 )
-
-from runbook_lib.actions import CreateIndex, RedisConfigSet, execute
-from runbook_lib.cli.app import main
 
 pytestmark = pytest.mark.slow
 pg_dsn = test_actions_support.pg_dsn  # the fixture: a fresh database per test

@@ -9,6 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+
+from runbook_lib.diagnose import cache_keys as dx
+from runbook_lib.lab.servers import wait_until
+from runbook_lib.model import Snapshots
+from runbook_lib.plan import cache_sizing as rec
+from runbook_lib.report.cache_diagnosis import build_report, hypothesis_snapshots, render_text
+from runbook_lib.settings import project_root
+from runbook_lib.sources import redis_snapshot as col
 from tests.support.cache_support import (
     CONFIG_KEYS,
     PAGES,
@@ -19,14 +27,6 @@ from tests.support.cache_support import (
     build_keyspace,
     info,
 )
-
-from runbook_lib.sources import redis_snapshot as col
-from runbook_lib.plan import cache_sizing as rec
-from runbook_lib.report.cache_diagnosis import build_report, hypothesis_snapshots, render_text
-from runbook_lib.diagnose import cache_keys as dx
-from runbook_lib.model import Snapshots
-from runbook_lib.lab.servers import wait_until
-from runbook_lib.settings import project_root
 
 FIXTURE_KEYS = project_root() / "fixtures/d2-synthetic/snapshots/redis_keys.csv"
 
@@ -71,7 +71,7 @@ def test_unordered_params_and_expiry_clusters_pure():
 
 
 def test_app_cache_deltas_counts_a_restart_from_zero():
-    d = dx.app_cache_deltas({"hits": {"a": 100, "b": 50}, "misses": {"a": 10, "b": 5}},
+    d = col.app_cache_deltas({"hits": {"a": 100, "b": 50}, "misses": {"a": 10, "b": 5}},
                             {"hits": {"a": 130, "b": 20}, "misses": {"a": 20, "b": 25}})
     assert d["by_route"]["a"] == {"hits": 30, "misses": 10, "hit_ratio": 0.75}
     assert d["by_route"]["b"]["hits"] == 20 and d["by_route"]["b"]["misses"] == 20  # b restarted

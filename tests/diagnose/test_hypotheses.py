@@ -6,17 +6,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runbook_lib.steps import evidence, root_cause, symptom_correlation, validation
 from runbook_lib.diagnose import (
     cache_keys as cache,
-    statements as db,
-    index_candidates,
+)
+from runbook_lib.diagnose import (
     incident_window as window,
 )
-from runbook_lib.validate import before_after as compare
+from runbook_lib.diagnose import (
+    index_candidates,
+)
+from runbook_lib.diagnose import (
+    statements as db,
+)
 from runbook_lib.diagnose.symptoms import first_movers, symptom_table
 from runbook_lib.settings import Slo, load_settings
 from runbook_lib.sources.fixture_bundle import FixtureSource
+from runbook_lib.steps import evidence, root_cause, symptom_correlation, validation
+from runbook_lib.validate import before_after as compare
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "fixtures" / "d2-synthetic"
@@ -160,12 +166,6 @@ def test_validation_waits_for_data_after_the_change(bundle):
     v = validation.validation(ongoing, p, {"applied": ["x"], "finished_at": "2026-11-03T11:00:00Z"}, Slo())
     assert v.after[0] == pd.Timestamp("2026-11-03T11:01:00Z") and v.verdict["validated"] and not v.verdict["fixed"]
     assert payload["window"]["recovery"] is not None
-
-
-def test_events_table_with_no_events():
-    from runbook_lib.report.charts import events_table
-
-    assert list(events_table([]).columns) == ["time (UTC)", "kind", "event"]
 
 
 def test_zero_baseline_and_warm_up_excursion():

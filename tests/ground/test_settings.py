@@ -101,3 +101,47 @@ def test_notebook_overrides_win_and_are_named_in_errors(tmp_path):
     assert s.slo.latency_p95_ms == 250
     with pytest.raises(SettingsError, match=r"\+ notebook parameters slo\): slo.error_ratio"):
         load_settings(f, {"slo": {"error_ratio": 3}})
+
+
+def test_slo_targets_by_signal_and_the_cache_sizing_margin(tmp_path):
+    slo = load_settings(write(tmp_path, GOOD + "slo: {latency_p95_ms: 80, cache_hit_ratio: 0.9}\n")).slo
+    assert slo.targets() == {"latency_p95_ms": 80, "error_ratio": 0.01, "cache_hit_ratio": 0.9}
+    assert slo.cache_sizing_target() == pytest.approx(0.95)
+    assert load_settings(write(tmp_path, GOOD + "slo: {cache_hit_ratio: 0.97}\n")).slo.cache_sizing_target() == 0.99
+
+
+def test_paths_take_environment_variables_with_defaults(tmp_path, monkeypatch):
+    from runbook_lib.settings import resolve_path
+
+    monkeypatch.delenv("RUNBOOK_TEST_DIR", raising=False)
+    assert resolve_path("${RUNBOOK_TEST_DIR:-/tmp/x}/events.jsonl") == Path("/tmp/x/events.jsonl")
+    with pytest.raises(SettingsError, match=r"\$\{RUNBOOK_TEST_DIR\}, which is not set") as err:
+        resolve_path("${RUNBOOK_TEST_DIR}/events.jsonl")
+    assert "RUNBOOK_TEST_DIR" in err.value.hint
+    monkeypatch.setenv("RUNBOOK_TEST_DIR", str(tmp_path))
+    assert resolve_path("${RUNBOOK_TEST_DIR:-/tmp/x}/events.jsonl") == tmp_path / "events.jsonl"
+
+
+PROM = """incident: {id: t1, title: test}
+source: {kind: prometheus, url: "http://127.0.0.1:1", queries: {latency_p95_ms: q}}
+signals: [latency_p95_ms]
+"""
+
+
+def test_window_can_start_at_an_event_only_with_an_event_log(tmp_path):
+    with pytest.raises(SettingsError, match="start_at_event needs source.events_file"):
+        load_settings(write(tmp_path, PROM + "window: {start_at_event: deploy}\n"))
+    with pytest.raises(SettingsError, match="start_at_event or window.start/last"):
+        load_settings(write(tmp_path, PROM.replace("queries", "events_file: e.jsonl, queries")
+                            + "window: {start_at_event: deploy, last: 1h}\n"))
+    s = load_settings(write(tmp_path, PROM.replace("queries", "events_file: e.jsonl, queries")
+                            + "window: {start_at_event: deploy}\n"))
+    assert s.window.start_at_event == "deploy" and s.app.config_file is None
+
+
+def test_the_app_section_names_where_knobs_live_and_refuses_credentials(tmp_path):
+    s = load_settings(write(tmp_path, GOOD + "app: {config_file: cfg.json, base_url: 'http://127.0.0.1:8080'}\n"))
+    assert (s.app.config_file, s.app.base_url) == ("cfg.json", "http://127.0.0.1:8080")
+    with pytest.raises(SettingsError, match="app.base_url: the URL carries a password") as err:
+        load_settings(write(tmp_path, GOOD + "app: {base_url: 'http://u:hunter22@127.0.0.1:8080'}\n"))
+    assert "hunter22" not in str(err.value)

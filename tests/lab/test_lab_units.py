@@ -14,7 +14,8 @@ from runbook_lib.lab.seed import SeedSize
 
 
 def test_presets_are_valid_and_differ_in_every_root_cause():
-    healthy, degraded = labcfg.HEALTHY.validate(), labcfg.DEGRADED.validate()
+    healthy, degraded = labcfg.HEALTHY, labcfg.DEGRADED
+    assert healthy.problems() == [] and degraded.problems() == []
     assert degraded.cache_ttl_s < healthy.cache_ttl_s
     assert (degraded.cache_key_scheme, healthy.cache_key_scheme) == ("volatile", "normalized")
     assert (degraded.orders_query, healthy.orders_query) == ("n_plus_one", "join")

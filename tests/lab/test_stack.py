@@ -18,8 +18,8 @@ from runbook_lib.lab import stack
 from runbook_lib.lab.config import CONFIG_FILE, DEGRADED, patch_config
 from runbook_lib.lab.load import LoadSpec, run_load_sync
 from runbook_lib.lab.seed import SeedSize
-from runbook_lib.lab.supervisor import BACKEND_DIR, BACKEND_FILE
 from runbook_lib.lab.servers import kill_pid, pid_alive, wait_until
+from runbook_lib.lab.supervisor import BACKEND_DIR, BACKEND_FILE
 from runbook_lib.settings import Settings, project_root, read_yaml
 from tests.conftest import lab_pids, make_server_dir
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runbook_lib.plan import cache_sizing as rec
 from runbook_lib.plan import cache_simulation as sim
+from runbook_lib.plan import cache_sizing as rec
 from runbook_lib.plan import cache_warming as warm
 
 # The lab's load (runbook_lib/lab/load.py at 18 req/s): users pages, user orders, products, dashboard.

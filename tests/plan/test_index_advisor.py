@@ -11,9 +11,12 @@ import pytest
 
 from runbook_lib.actions import ActionInputError, CreateIndex
 from runbook_lib.diagnose import statements as db_dx
-from runbook_lib.plan import index_advisor as advisor, pool_sizing as pool, query_rewrites as rewrite
-from runbook_lib.sources import pg_explain as explain, pg_statistics as stats
 from runbook_lib.errors import ExtensionMissing
+from runbook_lib.plan import index_advisor as advisor
+from runbook_lib.plan import pool_sizing as pool
+from runbook_lib.plan import query_rewrites as rewrite
+from runbook_lib.sources import pg_explain as explain
+from runbook_lib.sources import pg_statistics as stats
 from runbook_lib.sources.fixture_bundle import FixtureBundle as load_bundle
 
 BUNDLE = Path(__file__).resolve().parents[2] / "fixtures" / "d2-synthetic"
@@ -238,4 +241,4 @@ def test_cli_refuses_bad_arguments_before_connecting(capsys, monkeypatch):
     assert cli.main(["diagnose", "db", "--dsn", nowhere + "?connect_timeout=2", "--password-env",
                      "RUNBOOK_TEST_PW"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot connect to PostgreSQL") and "planted-pw-123" not in err
+    assert err.startswith("error: cannot connect to postgres://127.0.0.1:1/") and "planted-pw-123" not in err

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from runbook_lib.errors import FixtureError, UnknownSignalError
+from runbook_lib.lab.synthetic import write_bundle
 from runbook_lib.signal_catalog import CATALOG
 from runbook_lib.sources.fixture_bundle import FixtureSource
-from runbook_lib.lab.synthetic import write_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "fixtures" / "d2-synthetic"

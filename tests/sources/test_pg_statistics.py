@@ -1,5 +1,5 @@
 """Live diagnosis against the private PostgreSQL: a seeded workload with a known N+1 and known missing
-indexes (runbook_lib.pg.workload), read through pg_stat_statements deltas and evaluated with HypoPG."""
+indexes (runbook_lib.lab.workload), read through pg_stat_statements deltas and evaluated with HypoPG."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import pandas as pd
 import psycopg
 import pytest
 from psycopg import sql
-from tests.support.actions_support import make_settings, scratch_database
 
-from runbook_lib.cli import app as cli
 from runbook_lib.actions import CreateIndex, execute
+from runbook_lib.cli import app as cli
 from runbook_lib.diagnose import statements as db_dx
-from runbook_lib.plan import index_advisor as advisor
-from runbook_lib.steps import evidence
-from runbook_lib.report import db_diagnosis as report
-from runbook_lib.sources import pg_statistics as stats
 from runbook_lib.lab import workload
+from runbook_lib.plan import index_advisor as advisor
+from runbook_lib.report import db_diagnosis as report
 from runbook_lib.settings import Postgres
+from runbook_lib.sources import pg_statistics as stats
+from runbook_lib.steps import evidence
+from tests.support.actions_support import make_settings, scratch_database
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,42 @@
+"""Step 04's glue: where an action's change goes comes from the parameters, never from the lab's internals."""
+
+from pathlib import Path
+
+from runbook_lib.settings import load_settings
+from runbook_lib.steps import remediation
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAN = {"actions": [
+    {"id": "app-cache-ttl", "phase": "immediate", "title": "TTL", "kind": "app.config",
+     "inputs": {"cache_ttl_s": 1800}, "reason": "r"},
+    {"id": "cache-warm", "phase": "immediate", "title": "warm", "kind": "cache.warm", "inputs": {"top_n": 10},
+     "reason": "r"},
+    {"id": "rewrite", "phase": "long-term", "title": "JOIN", "kind": "recommendation", "inputs": {}, "reason": "N+1"},
+]}
+
+
+def test_lab_parameters_point_app_actions_at_the_labs_files(monkeypatch, tmp_path):
+    monkeypatch.setenv("RUNBOOK_LAB_DIR", str(tmp_path))
+    entries = remediation.build(PLAN, load_settings(ROOT / "parameters" / "lab.yaml"))
+    ttl, warm, rewrite = (e.executor for e in entries)
+    assert ttl.inputs.config_file == f"{tmp_path}/config.json"
+    assert ttl.inputs.events_file == f"{tmp_path}/events.jsonl"
+    assert ttl.plan().commands == [f"runbook lab config --state {tmp_path} cache_ttl_s=1800"]
+    assert warm.inputs.source_url == "http://127.0.0.1:18080" and warm.inputs.config_file == f"{tmp_path}/config.json"
+    assert rewrite is None and entries[2].note.startswith("recommendation")
+
+
+def test_without_an_app_section_the_plan_says_what_is_missing():
+    entries = remediation.build(PLAN, load_settings(ROOT / "parameters" / "fixtures.yaml"))
+    ttl = entries[0].executor
+    assert ttl.inputs.config_file is None
+    assert ttl.plan().commands == ["runbook lab config --state <folder of app.config_file> cache_ttl_s=1800"]
+    frame = remediation.plan_frame(entries)
+    assert list(frame["executor"])[:2] == ["app-config-cache_ttl_s", "cache-warm-top-10"]
+
+
+def test_the_plans_own_inputs_win_over_the_parameters(monkeypatch, tmp_path):
+    monkeypatch.setenv("RUNBOOK_LAB_DIR", str(tmp_path))
+    plan = {"actions": [{**PLAN["actions"][0], "inputs": {"cache_ttl_s": 60, "config_file": "/elsewhere.json"}}]}
+    [entry] = remediation.build(plan, load_settings(ROOT / "parameters" / "lab.yaml"))
+    assert entry.executor.inputs.config_file == "/elsewhere.json"
