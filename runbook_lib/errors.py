@@ -4,7 +4,7 @@ Each carries a one-line cause (``str(err)``) and a ``hint``: what the user shoul
 The CLI prints ``error: <cause>`` and ``hint: <hint>`` and exits non-zero; notebooks show the same.
 
 The ground and read-side errors live here, by stage; the action framework's errors (the writers) are
-in ``runbook_lib.actions.errors``, the lab's in ``runbook_lib.lab.errors``. All derive from RunbookError.
+in ``runbook_lib.actions.action_errors``, the lab's in ``runbook_lib.lab.lab_errors``. All derive from RunbookError.
 """
 
 from __future__ import annotations

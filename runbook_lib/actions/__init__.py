@@ -12,11 +12,7 @@ Notebook-facing API::
 Undo: ``rollback_run(run_dir, action_id=None, apply=False)`` or ``runbook rollback RUN_DIR [--apply]``.
 """
 
-from runbook_lib.actions.app_config import AppConfig
-from runbook_lib.actions.approval import Decision, decide
-from runbook_lib.actions.audit import STEPS, AuditLog, read_audit
-from runbook_lib.actions.cache_warm import CacheWarm
-from runbook_lib.actions.errors import (
+from runbook_lib.actions.action_errors import (
     ActionError,
     ActionFailed,
     ActionInputError,
@@ -26,6 +22,10 @@ from runbook_lib.actions.errors import (
     TargetError,
     VerifyFailed,
 )
+from runbook_lib.actions.app_config import AppConfig
+from runbook_lib.actions.approval import Decision, decide
+from runbook_lib.actions.audit import STEPS, AuditLog, read_audit
+from runbook_lib.actions.cache_warm import CacheWarm
 from runbook_lib.actions.execution import (
     EFFECT_THRESHOLD,
     by_signal,
@@ -34,13 +34,7 @@ from runbook_lib.actions.execution import (
     outcomes_frame,
     plans_frame,
 )
-from runbook_lib.actions.framework import (
-    Action,
-    ApplyResult,
-    Plan,
-    RollbackResult,
-    VerifyResult,
-)
+from runbook_lib.actions.framework import Action, ApplyResult, Plan, RollbackResult, VerifyResult
 from runbook_lib.actions.postgres_index import CreateIndex
 from runbook_lib.actions.redis_config import RedisConfigSet
 from runbook_lib.actions.registry import EXECUTORS, action_kinds, build_action, from_record

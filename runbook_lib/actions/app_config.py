@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from runbook_lib.actions.errors import ActionInputError, PlannedOnly
+from runbook_lib.actions.action_errors import ActionInputError, PlannedOnly
 from runbook_lib.actions.framework import (
     Action,
     ApplyResult,

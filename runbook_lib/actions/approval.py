@@ -13,7 +13,7 @@ import getpass
 import os
 from dataclasses import dataclass
 
-from runbook_lib.actions.errors import ApprovalRequired
+from runbook_lib.actions.action_errors import ApprovalRequired
 from runbook_lib.settings import Settings
 
 # Who is running the runbook when the caller does not say: $RUNBOOK_ACTOR, else the OS user.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runbook_lib.actions.errors import AuditError
+from runbook_lib.actions.action_errors import AuditError
 from runbook_lib.redaction import redact
 from runbook_lib.run_folder import AUDIT_FILE, utc_now
 

@@ -40,15 +40,8 @@ import redis
 from pydantic import Field
 from tqdm import tqdm  # text bar: tqdm.auto would warn in notebooks (ipywidgets is not installed)
 
-from runbook_lib.actions.errors import ActionInputError, CacheWarmError
-from runbook_lib.actions.framework import (
-    Action,
-    ApplyResult,
-    Inputs,
-    Plan,
-    RollbackResult,
-    VerifyResult,
-)
+from runbook_lib.actions.action_errors import ActionInputError, CacheWarmError
+from runbook_lib.actions.framework import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult
 from runbook_lib.diagnose.cache_keys import logical_key
 from runbook_lib.errors import RunbookError
 from runbook_lib.plan.cache_warming import TTL_JITTER, WarmItem, lab_path, lab_request_route, rank_keys

@@ -27,9 +27,15 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from runbook_lib.actions.action_errors import (
+    ActionError,
+    ActionFailed,
+    ActionInputError,
+    TargetError,
+    VerifyFailed,
+)
 from runbook_lib.actions.approval import decide
 from runbook_lib.actions.audit import AuditLog, Stopwatch, read_audit
-from runbook_lib.actions.errors import ActionError, ActionFailed, ActionInputError, TargetError, VerifyFailed
 from runbook_lib.actions.framework import Action, Plan
 from runbook_lib.actions.rollback import undo, unresolved
 from runbook_lib.actions.targets import Targets

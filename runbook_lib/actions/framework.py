@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from runbook_lib.actions.errors import ActionInputError
+from runbook_lib.actions.action_errors import ActionInputError
 
 if TYPE_CHECKING:
     from runbook_lib.actions.targets import Targets

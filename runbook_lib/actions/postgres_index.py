@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field, field_validator
 
-from runbook_lib.actions.errors import ActionFailed, ActionInputError
+from runbook_lib.actions.action_errors import ActionFailed, ActionInputError
 from runbook_lib.actions.framework import (
     Action,
     ApplyResult,

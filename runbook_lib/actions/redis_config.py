@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
-from runbook_lib.actions.errors import ActionInputError
+from runbook_lib.actions.action_errors import ActionInputError
 from runbook_lib.actions.framework import (
     Action,
     ApplyResult,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from runbook_lib.actions.action_errors import ActionInputError
 from runbook_lib.actions.app_config import AppConfig
 from runbook_lib.actions.cache_warm import CacheWarm
-from runbook_lib.actions.errors import ActionInputError
 from runbook_lib.actions.framework import Action
 from runbook_lib.actions.postgres_index import CreateIndex
 from runbook_lib.actions.redis_config import RedisConfigSet

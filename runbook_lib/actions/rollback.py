@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runbook_lib.actions.action_errors import ActionFailed, RollbackError
 from runbook_lib.actions.approval import default_actor
 from runbook_lib.actions.audit import AuditLog, Stopwatch, read_audit
-from runbook_lib.actions.errors import ActionFailed, RollbackError
 from runbook_lib.actions.framework import Action
 from runbook_lib.actions.registry import build_action
 from runbook_lib.actions.targets import Targets

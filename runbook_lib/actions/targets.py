@@ -15,7 +15,7 @@ from typing import Any, Self
 import psycopg
 import redis
 
-from runbook_lib.actions.errors import TargetError
+from runbook_lib.actions.action_errors import TargetError
 from runbook_lib.errors import TargetUnreachable
 from runbook_lib.redaction import postgres_endpoint, redact_text, redis_endpoint
 from runbook_lib.settings import Settings

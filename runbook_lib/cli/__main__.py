@@ -2,6 +2,6 @@
 
 import sys
 
-from runbook_lib.cli.app import main
+from runbook_lib.cli.commands import main
 
 sys.exit(main())

@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from runbook_lib.lab.errors import LabError
+from runbook_lib.lab.lab_errors import LabError
 from runbook_lib.lab.servers import cmdline, kill_pid, pid_alive
 
 LOAD_DIR = "load"

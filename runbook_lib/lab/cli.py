@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from runbook_lib.lab.config import CONFIG_FILE, PROFILES, parse_assignments, patch_config, read_config
-from runbook_lib.lab.errors import LabError, LabNotRunning
+from runbook_lib.lab.lab_errors import LabError, LabNotRunning
 from runbook_lib.lab.load import INCIDENT_RATE
 from runbook_lib.lab.scenario import DEFAULT_BACKGROUND_S, DEFAULT_BASELINE_S, DEFAULT_INCIDENT_S
 
@@ -72,7 +72,8 @@ def _cmd_down(args) -> int:
 
 def _cmd_load(args) -> int:
     from runbook_lib.lab.load import LoadSpec, run_load_sync
-    from runbook_lib.lab.scenario import run_scenario, stop_load
+    from runbook_lib.lab.background_load import stop_load
+    from runbook_lib.lab.scenario import run_scenario
     from runbook_lib.lab.seed import SeedSize
     from runbook_lib.lab.stack import read_lab, status
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from runbook_lib.actions.app_config import patch_app_config, write_app_config
 from runbook_lib.errors import AppConfigError
-from runbook_lib.lab.errors import LabConfigError
+from runbook_lib.lab.lab_errors import LabConfigError
 from runbook_lib.model import AppKnobs
 from runbook_lib.sources.app_config_file import knobs_from_dict, read_app_config
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from runbook_lib.lab.errors import LabError, LoadTargetError
+from runbook_lib.lab.lab_errors import LabError, LoadTargetError
 
 # Hard bounds: one hour, one million requests, 2000 requests/s, 256 in flight.
 MAX_DURATION_S = 3600.0

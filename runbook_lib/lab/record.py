@@ -36,7 +36,7 @@ import yaml
 
 from runbook_lib.actions.audit import audit_path, read_audit
 from runbook_lib.lab.config import CONFIG_FILE, EVENTS_FILE
-from runbook_lib.lab.errors import LabError
+from runbook_lib.lab.lab_errors import LabError
 from runbook_lib.settings import Settings, display_path, load_settings
 from runbook_lib.sources.events import read_events_file
 from runbook_lib.sources.fixture_bundle import FixtureBundle, Manifest

@@ -20,16 +20,14 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from runbook_lib.lab.background_load import (  # noqa: F401 - load_status, stop_load: the lab cli
+from runbook_lib.lab.background_load import (
     LOAD_DIR,
     LOAD_LOG,
-    load_status,
     refuse_a_second_load,
     start_background_load,
-    stop_load,
 )
 from runbook_lib.lab.config import EVENTS_FILE
-from runbook_lib.lab.errors import LabError
+from runbook_lib.lab.lab_errors import LabError
 from runbook_lib.lab.servers import log_tail, pid_alive, wait_until
 from runbook_lib.lab.stack import apply_profile, prom_value, read_lab
 from runbook_lib.sources.events import read_events_file

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from runbook_lib.lab.errors import LabError
+from runbook_lib.lab.lab_errors import LabError
 
 LAB_DB = "lab"
 # Issue 3: at least 100k users, 1M orders, 50k products at full size.

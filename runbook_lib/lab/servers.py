@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runbook_lib.lab.errors import ServiceError
+from runbook_lib.lab.lab_errors import ServiceError
 
 # Bounded waits (seconds). PostgreSQL starts in ~0.1 s and initdb takes ~0.4 s on these machines;
 # Prometheus is ready in <0.1 s but its first scrape lands 5-6 s after start (target-sync throttle).

@@ -43,7 +43,7 @@ from runbook_lib.lab.config import (
     append_event,
     write_config,
 )
-from runbook_lib.lab.errors import LabError, LabNotRunning
+from runbook_lib.lab.lab_errors import LabError, LabNotRunning
 from runbook_lib.lab.servers import (
     PostgresServer,
     PrometheusServer,

@@ -87,7 +87,7 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         port = free_port()
-        argv = [sys.executable, "-m", "runbook_lib.lab.app", "--fd", str(self.sock.fileno()),
+        argv = [sys.executable, "-m", "runbook_lib.lab.backend", "--fd", str(self.sock.fileno()),
                 "--metrics-port", str(port), "--index", str(index), "--dsn", self.args.dsn,
                 "--redis-url", self.args.redis_url, "--config", str(self.state / CONFIG_FILE),
                 "--state", str(self.state)]

@@ -58,7 +58,7 @@ def rank_keys(keys: pd.DataFrame, top_n: int, route_requests: dict[str, float] |
 
 # --- which URL fills which key ------------------------------------------------------
 
-# Keys of the form ``api:<route>:<user id>:<sorted query>`` (the lab app's normalized scheme, runbook_lib/lab/app.py)
+# Keys of the form ``api:<route>:<user id>:<sorted query>`` (the lab app's normalized scheme, runbook_lib/lab/backend.py)
 # map to the page that caches them; other key schemes are not warmed (issue 12: a mapping from the parameters).
 LAB_ROUTES = {"users": "/api/users", "user_orders": "/api/users/{id}/orders", "products": "/api/products",
               "dashboard": "/api/dashboard/stats"}

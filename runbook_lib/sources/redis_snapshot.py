@@ -59,7 +59,7 @@ MAX_WATCHED_NAMES = 50_000
 SOCKET_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
 HTTP_TIMEOUT_S = 10.0
-# The lab app's metric names (runbook_lib/lab/app.py): counters labelled by route.
+# The lab app's metric names (runbook_lib/lab/backend.py): counters labelled by route.
 APP_HITS_METRIC = "cache_hits"
 APP_MISSES_METRIC = "cache_misses"
 APP_ROUTE_LABEL = "route"

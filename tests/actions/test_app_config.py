@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from runbook_lib.actions import ActionInputError, AuditLog, RedisConfigSet, execute, rollback_run
+from runbook_lib.actions.action_errors import PlannedOnly
 from runbook_lib.actions.app_config import AppConfig, configmap_patch
-from runbook_lib.actions.errors import PlannedOnly
 from runbook_lib.actions.rollback import undo
 from runbook_lib.actions.targets import Targets, app_endpoint
 from runbook_lib.lab.config import DEGRADED, EVENTS_FILE, read_config, write_config

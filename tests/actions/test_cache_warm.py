@@ -11,8 +11,8 @@ import redis
 
 from runbook_lib.actions import ActionFailed, execute
 from runbook_lib.actions import cache_warm as w
+from runbook_lib.actions.action_errors import CacheWarmError
 from runbook_lib.actions.cache_warm import CacheWarm
-from runbook_lib.actions.errors import CacheWarmError
 from tests.support.actions_support import audit_lines, make_settings, steps
 from tests.support.cache_support import FakeApp
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from runbook_lib.cli.app import main
+from runbook_lib.cli.commands import main
 from tests.support.cache_support import PAGES, TOTAL, FakeApp, build_keyspace
 
 pytestmark = pytest.mark.slow

@@ -6,18 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runbook_lib.diagnose import (
-    cache_keys as cache,
-)
-from runbook_lib.diagnose import (
-    incident_window as window,
-)
-from runbook_lib.diagnose import (
-    index_candidates,
-)
-from runbook_lib.diagnose import (
-    statements as db,
-)
+from runbook_lib.diagnose import cache_keys as cache
+from runbook_lib.diagnose import incident_window as window
+from runbook_lib.diagnose import index_candidates
+from runbook_lib.diagnose import statements as db
 from runbook_lib.diagnose.symptoms import first_movers, symptom_table
 from runbook_lib.settings import Slo, load_settings
 from runbook_lib.sources.fixture_bundle import FixtureSource

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from runbook_lib.lab import config as labcfg
-from runbook_lib.lab.errors import LabConfigError, LabError, LoadTargetError
+from runbook_lib.lab.lab_errors import LabConfigError, LabError, LoadTargetError
 from runbook_lib.lab.load import LoadSpec, RequestMix, Zipf, check_loopback
 from runbook_lib.lab.seed import SeedSize
 
@@ -118,7 +118,7 @@ def test_state_dir_default_and_override(monkeypatch, tmp_path):
 
 
 def test_cli_registers_lab_commands(capsys):
-    from runbook_lib.cli.app import build_parser
+    from runbook_lib.cli.commands import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["lab", "load", "--duration", "5", "--rate", "3"])
@@ -128,7 +128,7 @@ def test_cli_registers_lab_commands(capsys):
 
 
 def test_status_and_down_of_an_empty_state_folder(tmp_path, capsys):
-    from runbook_lib.cli.app import main
+    from runbook_lib.cli.commands import main
 
     assert main(["lab", "status", "--state", str(tmp_path)]) == 1
     assert "down" in capsys.readouterr().out

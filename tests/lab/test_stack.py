@@ -169,7 +169,7 @@ def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
 
 
 def test_load_switches_profile_midway(lab, capsys):
-    from runbook_lib.cli.app import main
+    from runbook_lib.cli.commands import main
     from runbook_lib.lab.config import EVENTS_FILE, HEALTHY, read_config
 
     state, _, _ = lab
@@ -181,7 +181,7 @@ def test_load_switches_profile_midway(lab, capsys):
 
 
 def test_incident_scenario_leaves_load_running_until_stopped(lab, capsys):
-    from runbook_lib.cli.app import main
+    from runbook_lib.cli.commands import main
     from runbook_lib.lab.config import EVENTS_FILE
     from runbook_lib.lab.scenario import SCENARIO_EVENT, scenario_start
 

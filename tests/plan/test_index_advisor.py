@@ -225,7 +225,7 @@ def test_rewrite_parent_is_the_statement_whose_rows_feed_the_loop():
 
 
 def test_cli_refuses_bad_arguments_before_connecting(capsys, monkeypatch):
-    from runbook_lib.cli import app as cli
+    from runbook_lib.cli import commands as cli
 
     nowhere = "postgresql://postgres@127.0.0.1:1/none"
     assert cli.main(["diagnose", "db", "--dsn", nowhere, "--window", "7200"]) == 2

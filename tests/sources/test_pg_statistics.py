@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from runbook_lib.actions import CreateIndex, execute
-from runbook_lib.cli import app as cli
+from runbook_lib.cli import commands as cli
 from runbook_lib.diagnose import statements as db_dx
 from runbook_lib.lab import workload
 from runbook_lib.plan import index_advisor as advisor

@@ -15,7 +15,7 @@ A request holds one pool connection for all its queries; when none frees up with
 ``db_pool_timeout_s`` the request fails with 503 (the pool exhaustion of the seed incident).
 Knobs come from the config file, re-read when its mtime changes (``config.ConfigWatcher``).
 
-Run by the supervisor: ``python -m runbook_lib.lab.app --fd N --metrics-port P --index I ...``.
+Run by the supervisor: ``python -m runbook_lib.lab.backend --fd N --metrics-port P --index I ...``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from runbook_lib import __version__
-from runbook_lib.cli import diagnose, rollback
+from runbook_lib.cli import diagnose_command as diagnose
+from runbook_lib.cli import rollback_command as rollback
 from runbook_lib.errors import RunbookError
 from runbook_lib.redaction import redact_text
 from runbook_lib.signal_catalog import describe

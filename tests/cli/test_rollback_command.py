@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runbook_lib.actions import CreateIndex, RedisConfigSet, execute
-from runbook_lib.cli.app import main
+from runbook_lib.cli.commands import main
 from tests.support import actions_support as test_actions_support
 from tests.support.actions_support import (
     PG_SECRET_ENV,
