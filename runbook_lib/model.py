@@ -13,6 +13,7 @@ The SLO targets are ``settings.Slo``; ``Slo.targets()`` gives them by signal nam
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -214,3 +215,20 @@ def knob_value(name: str, value: Any) -> Any:
     if value is None:
         return None
     return {"float": float, "int": int}.get(knob_types()[name], str)(value)
+
+
+# --- ids ---------------------------------------------------------------------------------------------
+
+_SLUG_BAD = re.compile(r"[^a-z0-9_.-]+")
+
+
+def slug(*parts: str) -> str:
+    """Join parts into an id fragment: lower case, only [a-z0-9_.-]. The plan and the executors build an
+    action's id with it, so one action has one id from plan.json to the audit log and the rollback."""
+    return "-".join(_SLUG_BAD.sub("_", p.lower()).strip("_-") for p in parts)
+
+
+def index_action_id(table: str, columns: list[str]) -> str:
+    """The id of the index on ``[schema.]table (columns)``: the same in the plan and in the executor."""
+    schema, _, name = table.rpartition(".")
+    return "pg-index-" + slug(*([schema] if schema and schema != "public" else []), name, *columns)

@@ -26,7 +26,9 @@ _lock = threading.Lock()
 MIN_SECRET_LEN = 4
 
 _PATTERNS = [
-    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)([ \t]*[=:][ \t]*)('[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)"),
+    # a keyword that is not a path segment (/etc/passwd: ...), then = or :, then a value that is not a
+    # reference ({env: NAME} in advice is not a secret)
+    (re.compile(r"(?i)(?<![/\w-])(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)([ \t]*[=:][ \t]*)('[^']*'|\"[^\"]*\"|(?!\{)[^\s&;,'\"]+)"),
      lambda m: f"{m.group(1)}{m.group(2)}{MASK}"),
     (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)(@)"), lambda m: f"{m.group(1)}{MASK}{m.group(3)}"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[a-z0-9._~+/=-]{6,}"), lambda m: f"{m.group(1)} {MASK}"),

@@ -3,7 +3,8 @@
 Layout (each step reads what the one before wrote)::
 
     runs/<incident>/<UTC timestamp>/
-      run.json              status: running | failed | complete, notebooks done, failure (notebook, cell)
+      run.json              status: running | complete | partial | failed | interrupted | abandoned, notebooks
+                            done, failure or interruption (notebook, cell), pid, earlier attempts
       parameters.yaml       the validated parameters (secrets only as references)
       01_symptom_correlation.ipynb ... 05_validation.ipynb   executed notebooks
       symptoms.json  findings.json  plan.json  audit.jsonl  validation.json
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,41 @@ def update_run_status(run_dir: Path, **fields: Any) -> dict:
     return state
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def run_status(run_dir: Path) -> dict:
+    """run.json; a run still marked ``running`` whose process is gone (SIGKILL, a crash, a reboot) is reported
+    ``abandoned`` here, and written so, by whichever command reads it next."""
     f = Path(run_dir) / RUN_FILE
-    return json.loads(f.read_text()) if f.exists() else {}
+    state = json.loads(f.read_text()) if f.exists() else {}
+    pid = state.get("pid")
+    if state.get("status") == "running" and pid and state.get("host") == socket.gethostname() \
+            and not _process_alive(int(pid)):
+        state = update_run_status(run_dir, status="abandoned", abandoned_at=utc_now().isoformat(),
+                                  failure={"notebook": state.get("current"), "cell": None,
+                                           "error": f"the run's process (pid {pid}) is gone: killed or crashed"})
+    return state
+
+
+INCOMPLETE = ("running", "failed", "interrupted", "abandoned", "partial")
+
+
+def incomplete_reason(state: dict, notebooks_total: int = len(PRODUCED_BY)) -> str | None:
+    """Why a run folder is not the record of a whole run (for the postmortem's banner); None when it is."""
+    status = state.get("status")
+    # notebooks this folder holds from this attempt and the earlier ones (a resumed run reruns a subset)
+    names = {n["notebook"] for a in [*state.get("attempts", []), state] for n in (a.get("notebooks") or [])}
+    done = len(names)
+    if status not in INCOMPLETE or (status in ("running", "partial") and done >= notebooks_total):
+        return None  # whole, or exporting right now
+    what = state.get("failure") or state.get("interruption") or {}
+    where = f" in {what['notebook']}" if what.get("notebook") else ""
+    return f"run {status}{where} after {done} of {notebooks_total} notebooks"

@@ -15,7 +15,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import (
@@ -225,11 +225,35 @@ class App(_Model):
         return v if v is None else _refuse_inline_password(v, "a header the app accepts")
 
 
+# Values that fill an approval field without approving anything: a change ticket "TBD" is no ticket.
+APPROVAL_PLACEHOLDERS = frozenset({"tbd", "todo", "tba", "n/a", "na", "none", "null", "-", "--", "?", "x", "xx", "xxx",
+                                   "changeme", "change-me", "placeholder", "unknown", "nobody", "anyone", "fixme"})
+
+
+def approval_problem(value: str | None) -> str | None:
+    """Why ``value`` is not a real approval (approver or change ticket); None when it is one or is absent."""
+    if value is None:
+        return None
+    if not value.strip():
+        return "is blank"
+    if value.strip().lower() in APPROVAL_PLACEHOLDERS:
+        return f"is a placeholder ({value.strip()!r})"
+    return None
+
+
 class Remediation(_Model):
     apply: bool = False
     approved_by: str | None = None
     change_ticket: str | None = None
     auto_rollback: bool = False
+
+    @field_validator("approved_by", "change_ticket")
+    @classmethod
+    def _real_approval(cls, v: str | None) -> str | None:
+        problem = approval_problem(v)
+        if problem:
+            raise ValueError(f"{problem}: name the approver / the change ticket, or leave it out for a dry run")
+        return v.strip() if v is not None else v
 
 
 class Postgres(_Model):
@@ -239,9 +263,7 @@ class Postgres(_Model):
     @field_validator("dsn")
     @classmethod
     def _no_inline_password(cls, v: str) -> str:
-        if re.search(r"(^|\s)password\s*=", v):
-            raise ValueError("the DSN carries a password; move it to postgres.password: {env: NAME}")
-        return _refuse_inline_password(v, "postgres.password") if "://" in v else v
+        return _refuse_inline_password(v, "postgres.password")
 
 
 class Redis(_Model):
@@ -305,13 +327,38 @@ def _check_signal_names(names) -> None:
         raise ValueError(f"unknown signal {', '.join(map(repr, unknown))}; known: {', '.join(CATALOG)}")
 
 
+# Query-string parameters that carry a credential (libpq and redis-py read ``password`` from the query; the
+# rest are what HTTP APIs and proxies use). A URL carrying one of them is refused like ``user:pass@``.
+CREDENTIAL_PARAMS = frozenset({"password", "passwd", "pwd", "pass", "secret", "token", "access_token", "auth",
+                               "api_key", "apikey", "access_key", "sslpassword"})
+
+
+def credential_in(text: str) -> str | None:
+    """Where ``text`` (a URL, or a libpq ``key=value`` DSN) carries a credential, in words; None when it does not.
+
+    One policy for every connection string in the parameters: user-info (``user:pass@``), a credential in the
+    query string (``?password=...``), a libpq ``password=`` in any position."""
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+            if parts.password:
+                return "user-info (user:password@)"
+            keys = {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+        except ValueError as e:
+            raise ValueError(f"not a URL: {e}") from None
+        found = sorted(keys & CREDENTIAL_PARAMS)
+        return f"query parameter {found[0]!r}" if found else None
+    if re.search(r"(^|\s)(password|sslpassword)\s*=", text, re.IGNORECASE):
+        return "a password= keyword"
+    return None
+
+
 def _refuse_inline_password(url: str, field: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError as e:
-        raise ValueError(f"not a URL: {e}") from None
-    if parts.password:
-        raise ValueError(f"the URL carries a password; move it to {field}: {{env: NAME}}")
+    where = credential_in(url)
+    if where:
+        # worded so that the redaction of the message leaves it readable (no "password:" before the advice)
+        raise ValueError(f"the connection string carries a credential ({where}); give it as {field} with "
+                         "{env: NAME} or {file: PATH} instead")
     return url
 
 

@@ -2,7 +2,8 @@
 
 * ``remediation.apply`` false (the default): dry run, plans are audited, nothing changes.
 * fixture mode: a recorded bundle, there is nothing to change; applying is refused.
-* live mode: applying also needs ``approved_by`` and ``change_ticket``; both go into every audit line.
+* live mode: applying also needs ``approved_by`` and ``change_ticket`` (real values: not blank, not a
+  placeholder like ``TBD``; checked when the parameters load and again here); both go into every audit line.
 
 There are no interactive prompts: approval is in the parameters, so papermill runs work unchanged.
 """
@@ -14,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from runbook_lib.actions.action_errors import ApprovalRequired
-from runbook_lib.settings import Settings
+from runbook_lib.settings import Settings, approval_problem
 
 # Who is running the runbook when the caller does not say: $RUNBOOK_ACTOR, else the OS user.
 ACTOR_ENV = "RUNBOOK_ACTOR"
@@ -56,8 +57,10 @@ def decide(settings: Settings, actor: str | None = None) -> Decision:
         raise ApprovalRequired("remediation.apply is true but mode is fixture: a recorded bundle has no "
                                "servers to change", hint="use mode: lab (private servers) or mode: live")
     if settings.mode == "live":
-        missing = [f"remediation.{k}" for k in ("approved_by", "change_ticket") if not getattr(rem, k)]
+        missing = [f"remediation.{k}" for k in ("approved_by", "change_ticket")
+                   if getattr(rem, k) is None or approval_problem(getattr(rem, k))]
         if missing:
-            raise ApprovalRequired(f"live mode with remediation.apply: true needs {' and '.join(missing)}")
+            raise ApprovalRequired(f"live mode with remediation.apply: true needs a real {' and '.join(missing)} "
+                                   "(not blank, not a placeholder)")
         return Decision(apply=True, reason=f"approved by {rem.approved_by} under {rem.change_ticket}", **base)
     return Decision(apply=True, reason=f"{settings.mode} mode with remediation.apply: true", **base)

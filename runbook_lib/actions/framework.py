@@ -14,7 +14,6 @@ inputs)``), so a rollback never depends on the notebook that made them.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from runbook_lib.actions.action_errors import ActionInputError
+from runbook_lib.model import slug  # noqa: F401 - the executors build their ids with it
 
 if TYPE_CHECKING:
     from runbook_lib.actions.targets import Targets
@@ -142,13 +142,3 @@ class Action(ABC):
 
     @abstractmethod
     def rollback(self, targets: Targets, prior: dict[str, Any]) -> RollbackResult: ...
-
-
-_SLUG_BAD = re.compile(r"[^a-z0-9_.-]+")
-
-
-def slug(*parts: str) -> str:
-    """Join parts into an id fragment: lower case, only [a-z0-9_.-]."""
-    return "-".join(_SLUG_BAD.sub("_", p.lower()).strip("_-") for p in parts)
-
-

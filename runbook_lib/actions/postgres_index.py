@@ -44,9 +44,9 @@ from runbook_lib.actions.framework import (
     Plan,
     RollbackResult,
     VerifyResult,
-    slug,
 )
 from runbook_lib.errors import PgDiagnosisError
+from runbook_lib.model import index_action_id
 from runbook_lib.plan.index_ddl import (
     MAX_VERIFY_STATEMENTS,
     check_identifier,
@@ -146,8 +146,7 @@ class CreateIndex(Action):
 
     @property
     def id(self) -> str:
-        schema = [] if self.inputs.schema_name == "public" else [self.inputs.schema_name]
-        return "pg-index-" + slug(*schema, self.inputs.table, *self.inputs.columns)
+        return index_action_id(f"{self.inputs.schema_name}.{self.inputs.table}", self.inputs.columns)
 
     @property
     def title(self) -> str:

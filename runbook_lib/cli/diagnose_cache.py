@@ -12,13 +12,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from runbook_lib.errors import CacheError
 from runbook_lib.plan.cache_sizing import MAX_STALENESS_S, TARGET_HIT_RATIO
 from runbook_lib.redaction import redis_endpoint
 from runbook_lib.report.cache_diagnosis import build_report, render_text
-from runbook_lib.settings import SecretRef
+from runbook_lib.settings import SecretRef, credential_in
 from runbook_lib.sources.redis_snapshot import SAMPLE_SIZE, WATCH_EVERY_S, collect, connect
 
 DEFAULT_WINDOW_S = 10.0
@@ -37,7 +36,7 @@ def _app_config(args) -> dict | None:
 
 
 def run(args) -> int:
-    if urlsplit(args.redis).password:
+    if credential_in(args.redis):
         raise CacheError("the Redis URL carries a password",
                          hint="put it in an environment variable and pass --password-env NAME")
     if not 0 <= args.window <= MAX_WINDOW_S:

@@ -71,8 +71,8 @@ def _cmd_down(args) -> int:
 
 
 def _cmd_load(args) -> int:
-    from runbook_lib.lab.load import LoadSpec, run_load_sync
     from runbook_lib.lab.background_load import stop_load
+    from runbook_lib.lab.load import LoadSpec, run_load_sync
     from runbook_lib.lab.scenario import run_scenario
     from runbook_lib.lab.seed import SeedSize
     from runbook_lib.lab.stack import read_lab, status

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from runbook_lib.diagnose.statements import n_plus_one
-from runbook_lib.model import Hypothesis, PlannedAction
+from runbook_lib.model import Hypothesis, PlannedAction, index_action_id
 
 PHASE_ORDER = {"immediate": 0, "short-term": 1, "long-term": 2}
 
@@ -85,8 +85,9 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
     if "database" in by:
         h = by["database"]
         for c in index_candidates:
-            name = f"pg-index-{c['table']}-{'-'.join(c['columns'])}"
-            inputs = {"table": c["table"], "columns": list(c["columns"])}
+            name = index_action_id(c["table"], list(c["columns"]))
+            schema, _, table = c["table"].rpartition(".")  # live proposals name schema.table
+            inputs = {"table": table, "columns": list(c["columns"]), **({"schema_name": schema} if schema else {})}
             if c.get("statements"):  # HypoPG-checked proposals: verify that EXPLAIN of these uses the index
                 inputs["verify_statements"] = [s["query"] for s in c["statements"]]
             out.append(PlannedAction(name, "short-term", f"Index {c['table']}({', '.join(c['columns'])})",

@@ -18,7 +18,7 @@ import plotly.io as pio
 from runbook_lib.actions.audit import read_audit
 from runbook_lib.errors import ExportError
 from runbook_lib.redaction import redact_text
-from runbook_lib.run_folder import FIGURES_DIR, run_status
+from runbook_lib.run_folder import FIGURES_DIR, incomplete_reason, run_status
 
 # Charts embedded in the HTML, in this order, when the run has them.
 EXPORT_FIGURES = ("01-signals", "02-cache-hit", "05-before-after", "05-slo-latency_p95_ms", "05-slo-error_ratio",
@@ -41,6 +41,10 @@ def build_blocks(run_dir: Path) -> list[tuple]:
     b: list[tuple] = [("h", 1, f"Postmortem: {status.get('incident', 'incident')}")]
     b.append(("p", f"Run {run_dir.name} · {status.get('mode', '?')} mode · {len(status.get('notebooks', []))} notebooks executed · "
                    f"parameters {status.get('parameters', '?')}"))
+    reason = incomplete_reason(status)
+    if reason:
+        b.append(("p", f"INCOMPLETE RECORD: {reason}. The sections below show only what this run wrote; "
+                       "re-run the missing steps before relying on this postmortem."))
 
     b.append(("h", 2, "Summary"))
     summary = (f"{w['signal']} rose from {w['baseline_level']:.0f} to {w['incident_level']:.0f} "

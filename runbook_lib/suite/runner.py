@@ -2,14 +2,23 @@
 
 Before anything is created the parameters are validated and the source is checked (bundle files
 present, every requested signal available), so bad input never leaves a run folder behind. During
-the run ``run.json`` says ``running``; it says ``complete`` only after the last notebook (and the
-export) succeeded, and ``failed`` with the notebook and cell otherwise.
+the run ``run.json`` says ``running`` (with this process's pid; a later reader finding that process gone
+reports the run ``abandoned``); it says ``complete`` only after all five notebooks (and the export)
+succeeded, ``partial`` after an ``--only`` subset, ``failed`` with the notebook and cell, or ``interrupted``
+with the signal, notebook and cell (SIGINT, SIGTERM). A rerun into the same folder keeps every earlier
+attempt under ``attempts``. The folder is locked while a run writes it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+import socket
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -19,7 +28,14 @@ from papermill.exceptions import PapermillExecutionError
 
 from runbook_lib.errors import NotebookFailed, RunbookError, UnknownSignalError
 from runbook_lib.report.postmortem import export_run
-from runbook_lib.run_folder import PARAMETERS_FILE, new_run_dir, update_run_status, utc_now
+from runbook_lib.run_folder import (
+    PARAMETERS_FILE,
+    RUN_FILE,
+    new_run_dir,
+    run_status,
+    update_run_status,
+    utc_now,
+)
 from runbook_lib.settings import Settings, display_path, load_settings, project_root
 from runbook_lib.sources import SignalSource, open_source
 
@@ -29,6 +45,9 @@ NOTEBOOKS = ("01_symptom_correlation", "02_root_cause", "03_impact_assessment", 
 KERNEL_ARGUMENTS = ["--log-level=ERROR"]
 # Kernel start is ~2-4 s on these machines; a minute means the kernel is not coming.
 KERNEL_START_TIMEOUT_S = 60
+LOCK_FILE = ".run.lock"
+# What an earlier attempt in the same folder leaves in run.json's history.
+ATTEMPT_FIELDS = ("status", "started_at", "finished_at", "requested", "notebooks", "failure", "interruption")
 
 
 def notebooks_dir() -> Path:
@@ -77,28 +96,92 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _check_out(out: Path) -> Path:
+    """``--out``: a new folder, an empty one, or an earlier run folder (a rerun); never someone's other files."""
+    run_dir = out.resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunbookError(f"--out {display_path(run_dir)} is a file, not a folder", hint="name a new folder")
+    others = run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+    if others and not (run_dir / RUN_FILE).exists():
+        raise RunbookError(f"--out {display_path(run_dir)} is not empty and is not a run folder (no {RUN_FILE})",
+                           hint="name a new or empty folder; a run writes parameters.yaml and notebooks there")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunbookError(f"--out {display_path(run_dir)}: cannot create it ({e.strerror})",
+                           hint="name a folder you can write") from None
+    return run_dir
+
+
+@contextmanager
+def _locked(run_dir: Path):
+    """One run writes a run folder at a time (an advisory lock the kernel drops when the process dies)."""
+    f = open(run_dir / LOCK_FILE, "w")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunbookError(f"{display_path(run_dir)} is being written by another run right now",
+                               hint="wait for it, or run into another folder (--out)") from None
+        yield
+    finally:
+        f.close()
+
+
+class _Terminated(BaseException):
+    """SIGTERM during a run, turned into an exception so the run folder is updated before exiting."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _running_cell(output: Path) -> str | None:
+    """The cell papermill was executing when the run stopped (its status in the output notebook)."""
+    try:
+        nb = nbformat.read(output, as_version=4)
+    except Exception:  # noqa: BLE001 - the notebook may not be written yet
+        return None
+    for i, cell in enumerate(nb.cells):
+        if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
+            return f"cell '{cell.get('id', '?')}' (#{i})"
+    return None
+
+
 def run_suite(parameters: Path, out: Path | None = None, export: bool = True,
               only: list[str] | None = None) -> Path:
     parameters = parameters.resolve()
     settings, source = preflight(parameters)
     chosen = select(only)
-    if out is None:
-        run_dir = new_run_dir(project_root() / "runs", settings.incident.id)
-    else:
-        run_dir = out.resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(project_root() / "runs", settings.incident.id) if out is None else _check_out(out)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        with _locked(run_dir):
+            return _run(run_dir, parameters, settings, source, chosen, export)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(run_dir: Path, parameters: Path, settings: Settings, source: SignalSource, chosen: list[str],
+         export: bool) -> Path:
     # the validated parameters travel with the run (secrets are references, never values)
     (run_dir / PARAMETERS_FILE).write_text(
         yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    before = run_status(run_dir)
+    attempts = before.get("attempts", []) + ([{k: before.get(k) for k in ATTEMPT_FIELDS}] if before else [])
     update_run_status(run_dir, status="running", incident=settings.incident.id, mode=settings.mode,
-                      parameters=display_path(parameters), started_at=utc_now().isoformat(),
-                      notebooks=[], failure=None)
+                      parameters=display_path(parameters), started_at=utc_now().isoformat(), finished_at=None,
+                      pid=os.getpid(), host=socket.gethostname(), requested=chosen, current=None,
+                      notebooks=[], failure=None, interruption=None, attempts=attempts)
     _say(f"run folder: {display_path(run_dir)} ({settings.incident.id}, {settings.mode} mode, "
          f"{'APPLY' if settings.remediation.apply else 'dry run'}, source: {source.description})")
     done = []
     for i, name in enumerate(chosen, start=1):
         output = run_dir / f"{name}.ipynb"
         _say(f"[{i}/{len(chosen)}] {name} ...")
+        update_run_status(run_dir, current=name)
         t0 = time.monotonic()
         try:
             papermill.execute_notebook(
@@ -109,12 +192,22 @@ def run_suite(parameters: Path, out: Path | None = None, export: bool = True,
                 extra_arguments=KERNEL_ARGUMENTS,
             )
         except PapermillExecutionError as err:
+            if err.ename == "KeyboardInterrupt":  # Ctrl-C reached the kernel first
+                update_run_status(run_dir, status="interrupted", notebooks=done, finished_at=utc_now().isoformat(),
+                                  interruption={"signal": "SIGINT", "notebook": name,
+                                                "cell": _failed_cell(output, err)})
+                raise KeyboardInterrupt from None
             where = _failed_cell(output, err)
             cause = err.evalue.strip().splitlines()[0] if err.evalue else ""
             update_run_status(run_dir, status="failed", notebooks=done,
                               failure={"notebook": name, "cell": where, "error": f"{err.ename}: {cause}"})
             raise NotebookFailed(f"{name}.ipynb failed in {where}: {err.ename}: {cause} "
                                  f"(executed notebook: {display_path(output)})") from None
+        except (KeyboardInterrupt, _Terminated) as err:
+            sig = "SIGINT" if isinstance(err, KeyboardInterrupt) else "SIGTERM"
+            update_run_status(run_dir, status="interrupted", notebooks=done, finished_at=utc_now().isoformat(),
+                              interruption={"signal": sig, "notebook": name, "cell": _running_cell(output)})
+            raise KeyboardInterrupt from None
         except Exception as err:
             update_run_status(run_dir, status="failed", notebooks=done,
                               failure={"notebook": name, "cell": None, "error": f"{type(err).__name__}: {err}"})
@@ -123,8 +216,12 @@ def run_suite(parameters: Path, out: Path | None = None, export: bool = True,
         done.append({"notebook": name, "seconds": round(secs, 1)})
         update_run_status(run_dir, notebooks=done)
         _say(f"[{i}/{len(chosen)}] {name} ok ({secs:.1f} s)")
+    whole = len(done) == len(NOTEBOOKS)
+    if not whole:  # final already: the postmortem of a subset says it is one
+        update_run_status(run_dir, status="partial", current=None, finished_at=utc_now().isoformat())
     if export:
         for path in export_run(run_dir):
             _say(f"exported {display_path(path)}")
-    update_run_status(run_dir, status="complete", finished_at=utc_now().isoformat())
+    if whole:  # complete only once the export is written too
+        update_run_status(run_dir, status="complete", current=None, finished_at=utc_now().isoformat())
     return run_dir

@@ -168,7 +168,7 @@ def test_a_password_planted_in_a_dsn_is_refused_without_echoing_it(tmp_path):
         p.write_text(f"incident: {{id: x, title: t}}\nsource: {{kind: fixture, bundle: b}}\npostgres: {{dsn: '{dsn}'}}\n")
         with pytest.raises(SettingsError) as err:
             load_settings(p)
-        assert "carries a password" in str(err.value) and PLANTED not in str(err.value)
+        assert "carries a credential" in str(err.value) and PLANTED not in str(err.value)
 
 
 def test_impact_plan_inputs_build_actions_directly():

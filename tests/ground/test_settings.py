@@ -68,13 +68,54 @@ def test_missing_file():
 
 @pytest.mark.parametrize("extra, field", [
     ("postgres: {dsn: 'host=db user=app password=hunter22'}\n", "postgres.dsn"),
+    ("postgres: {dsn: 'password=hunter22 host=db user=app'}\n", "postgres.dsn"),
+    ("postgres: {dsn: 'host=db sslpassword=hunter22'}\n", "postgres.dsn"),
     ("postgres: {dsn: 'postgresql://app:hunter22@db/app'}\n", "postgres.dsn"),
+    ("postgres: {dsn: 'postgresql://app@db/app?password=hunter22'}\n", "postgres.dsn"),
     ("redis: {url: 'redis://:hunter22@cache:6379/0'}\n", "redis.url"),
+    ("redis: {url: 'redis://cache:6379/0?password=hunter22'}\n", "redis.url"),
+    ("source: {kind: prometheus, url: 'http://prom:9090/?token=hunter22', queries: {latency_p95_ms: q}}\n"
+     "signals: [latency_p95_ms]\n", "source.url"),
 ])
 def test_inline_passwords_are_refused_and_not_echoed(tmp_path, extra, field):
+    text = GOOD.replace("source: {kind: fixture, bundle: fixtures/d2-latency}\n", "") if "source:" in extra else GOOD
     with pytest.raises(SettingsError) as e:
-        load_settings(write(tmp_path, GOOD + extra))
-    assert field in str(e.value) and "hunter22" not in str(e.value)
+        load_settings(write(tmp_path, text + extra))
+    msg = redact_text(str(e.value))  # what the CLI prints: the advice survives the redaction
+    assert field in msg and "hunter22" not in msg and "with {env: NAME} or {file: PATH} instead" in msg
+
+
+def test_a_sslmode_or_other_query_parameter_is_no_credential(tmp_path):
+    s = load_settings(write(tmp_path, GOOD + "postgres: {dsn: 'postgresql://app@db/app?sslmode=require'}\n"
+                            "redis: {url: 'redis://cache:6379/0?socket_timeout=2'}\n"))
+    assert s.postgres.dsn.endswith("sslmode=require")
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t", "TBD", "tbd ", "N/A", "-", "changeme", "none"])
+def test_blank_or_placeholder_approvals_are_refused(tmp_path, value):
+    with pytest.raises(SettingsError, match="remediation.approved_by: (is blank|is a placeholder)"):
+        load_settings(write(tmp_path, GOOD + f"mode: live\nremediation: {{apply: true, approved_by: '{value}', "
+                                              "change_ticket: CHG-1}\n"))
+    with pytest.raises(SettingsError, match="remediation.change_ticket"):
+        load_settings(write(tmp_path, GOOD + f"remediation: {{change_ticket: '{value}'}}\n"))
+
+
+def test_the_gate_refuses_a_blank_approval_that_bypassed_validation(tmp_path):
+    from runbook_lib.actions import ApprovalRequired, decide
+
+    s = load_settings(write(tmp_path, GOOD + "mode: live\nremediation: {apply: true, approved_by: alice, "
+                                             "change_ticket: CHG-1}\n"))
+    assert decide(s).apply
+    blank = s.model_copy(update={"remediation": s.remediation.model_copy(update={"change_ticket": "  "})})
+    with pytest.raises(ApprovalRequired, match="real remediation.change_ticket"):
+        decide(blank)
+
+
+def test_redaction_masks_query_credentials_but_not_paths_or_advice():
+    assert redact_text("redis://cache/0?password=hunter22&db=1") == "redis://cache/0?password=***&db=1"
+    assert redact_text("fixture bundle /etc/passwd: is missing") == "fixture bundle /etc/passwd: is missing"
+    assert redact_text("give it as redis.password: {env: NAME}") == "give it as redis.password: {env: NAME}"
+    assert redact_text("spring.datasource.password=hunter22") == "spring.datasource.password=***"
 
 
 def test_secret_refs_resolve_from_env_and_file_and_are_redacted(tmp_path, monkeypatch):
@@ -142,6 +183,6 @@ def test_window_can_start_at_an_event_only_with_an_event_log(tmp_path):
 def test_the_app_section_names_where_knobs_live_and_refuses_credentials(tmp_path):
     s = load_settings(write(tmp_path, GOOD + "app: {config_file: cfg.json, base_url: 'http://127.0.0.1:8080'}\n"))
     assert (s.app.config_file, s.app.base_url) == ("cfg.json", "http://127.0.0.1:8080")
-    with pytest.raises(SettingsError, match="app.base_url: the URL carries a password") as err:
+    with pytest.raises(SettingsError, match="app.base_url: the connection string carries a credential") as err:
         load_settings(write(tmp_path, GOOD + "app: {base_url: 'http://u:hunter22@127.0.0.1:8080'}\n"))
     assert "hunter22" not in str(err.value)

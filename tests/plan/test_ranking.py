@@ -1,0 +1,28 @@
+"""The impact ranking: one id per action, from plan.json through the executor to the audit and rollback."""
+
+from runbook_lib.actions import CreateIndex, build_action
+from runbook_lib.model import Evidence, Hypothesis
+from runbook_lib.plan.ranking import propose
+
+HOSTILE = 'orders"; DROP TABLE users; --'
+
+
+def _database_cause() -> Hypothesis:
+    return Hypothesis("database", "t", "s", "d", [Evidence("seq scans", "many", True, 3)])
+
+
+def test_an_index_action_has_the_executors_id_even_for_a_hostile_table_name():
+    candidates = [{"table": HOSTILE, "columns": ["user_id", "Created At"], "reason": "seq scans", "share": 0.5},
+                  {"table": "shop.orders", "columns": ["user_id"], "reason": "seq scans", "share": 0.2}]
+    actions = [a for a in propose([_database_cause()], None, None, candidates, None, None)
+               if a.kind == "postgres.create_index"]
+    assert len(actions) == 2
+    for a in actions:
+        executor = build_action(a.kind, a.inputs)
+        assert a.id == executor.id and '"' not in a.id and " " not in a.id
+    assert actions[0].id == CreateIndex(table=HOSTILE, columns=["user_id", "Created At"]).id
+    assert actions[1].id == "pg-index-shop-orders-user_id"
+
+
+def test_a_healthy_control_proposes_nothing():
+    assert propose([], None, None, [], None, None) == []
