@@ -30,7 +30,7 @@ from pydantic import (
 
 from runbook_lib.errors import SecretError, SettingsError
 from runbook_lib.redaction import register_secret
-from runbook_lib.signal_catalog import CATALOG, DEFAULT_SIGNALS
+from runbook_lib.signal_catalog import CATALOG, DEFAULT_SIGNALS, PRIMARY_SIGNAL
 
 
 def project_root() -> Path:
@@ -38,6 +38,9 @@ def project_root() -> Path:
     env = os.environ.get("RUNBOOK_HOME")
     return Path(env).resolve() if env else Path(__file__).resolve().parent.parent
 
+
+# A title is a line in a postmortem's heading and a chart's caption.
+MAX_TITLE_CHARS = 300
 
 # ``${NAME}`` or ``${NAME:-default}`` in a path parameter: the same syntax as a POSIX shell, so a parameters
 # file can point at a folder another tool chose (the lab's state folder is ``$RUNBOOK_LAB_DIR``).
@@ -72,6 +75,11 @@ def resolve_path(p: str | Path) -> Path:
 # 0.80 would read under its SLO half of the time; 0.80 + 0.05 is issue 6's 85%.
 CACHE_TARGET_MARGIN = 0.05
 MAX_CACHE_TARGET = 0.99
+
+
+# Signals every run needs: the primary one finds the incident window (01), the request rate turns statement
+# counts into calls per request (02: N+1).
+REQUIRED_SIGNALS = (PRIMARY_SIGNAL, "request_rate")
 
 
 class _Model(BaseModel):
@@ -111,8 +119,8 @@ class SecretRef(_Model):
 
 class Incident(_Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
-    title: str
-    service: str = "api"
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    service: str = Field("api", min_length=1, max_length=MAX_TITLE_CHARS)
     severity: Literal["sev1", "sev2", "sev3", "sev4"] = "sev2"
 
 
@@ -294,7 +302,17 @@ class Settings(_Model):
         _check_signal_names(v)
         if len(set(v)) != len(v):
             raise ValueError("a signal is listed twice")
+        missing = [s for s in REQUIRED_SIGNALS if s not in v]
+        if missing:
+            raise ValueError(f"the analysis needs {', '.join(missing)} (add {'it' if len(missing) == 1 else 'them'})")
         return v
+
+    @model_validator(mode="after")
+    def _fixture_mode_changes_nothing(self):
+        if self.mode == "fixture" and self.remediation.apply:
+            raise ValueError("mode fixture with remediation.apply: true: a recorded bundle has no servers to "
+                             "change (use mode: lab or live, or leave apply out)")
+        return self
 
     @model_validator(mode="after")
     def _live_needs_approval(self):
@@ -383,13 +401,48 @@ def _format_error(where: str, err: ValidationError) -> str:
     return f"{where}: " + "; ".join(parts)
 
 
+# A parameters file is a page of YAML; anything near this size is a mistake (or an attack on the parser).
+MAX_PARAMETERS_BYTES = 1_000_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML's last-one-wins hides typos)."""
+
+
+def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SettingsError(f"parameters file {path} does not exist", hint="pass -p parameters/<name>.yaml") from None
+    except IsADirectoryError:
+        raise SettingsError(f"parameters file {path} is a directory", hint="pass -p parameters/<name>.yaml") from None
+    except OSError as e:
+        raise SettingsError(f"parameters file {path}: cannot read it ({e.strerror})") from None
+    if len(raw) > MAX_PARAMETERS_BYTES:
+        raise SettingsError(f"{path}: {len(raw):,} bytes is not a parameters file (at most {MAX_PARAMETERS_BYTES:,})")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SettingsError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})",
+                            hint="save the parameters file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise SettingsError(f"{path}: nested too deeply to be a parameters file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

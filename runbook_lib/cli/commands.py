@@ -9,7 +9,11 @@ The product's commands are registered statically here (``run``, ``export``, ``ch
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import traceback
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -104,13 +108,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RunbookError as err:
-        print(f"error: {redact_text(str(err))}", file=sys.stderr)
+        print(f"error: {one_line(redact_text(str(err)))}", file=sys.stderr)
         if err.hint:
-            print(f"hint: {err.hint}", file=sys.stderr)
+            print(f"hint: {one_line(err.hint)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last resort: one line, and the traceback in a file
+        log = _crash_log(err)
+        print(f"error: {one_line(redact_text(f'{type(err).__name__}: {err}'.splitlines()[0]))}", file=sys.stderr)
+        print(f"hint: this is a bug in runbook, not in your input; the traceback is in {log}", file=sys.stderr)
+        return 2
+
+
+def one_line(text: str) -> str:
+    """The text on one terminal line: control characters (a key named "\\x1e" in a YAML file) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _crash_log(err: BaseException) -> str:
+    """Write the (redacted) traceback to a file the hint names; the terminal gets one line."""
+    folder = Path(tempfile.gettempdir()) / "runbook-crashes"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    path.write_text(redact_text("".join(traceback.format_exception(err))))
+    return str(path)
 
 
 if __name__ == "__main__":

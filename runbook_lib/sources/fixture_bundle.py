@@ -48,6 +48,23 @@ class Manifest(_M):
     phases: dict[str, list[datetime]] = {}
 
 
+def _read_csv(path: Path, where: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise FixtureError(f"{where}: the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise FixtureError(f"{where}: not a readable CSV table ({str(e).splitlines()[0]})") from None
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 class FixtureBundle:
     """Read access to one bundle: its manifest, signals table and snapshots."""
 
@@ -59,6 +76,8 @@ class FixtureBundle:
             raise FixtureError(f"fixture bundle {self.name}: bundle.yaml is missing")
         try:
             self.manifest = Manifest.model_validate(yaml.safe_load(manifest_file.read_text()) or {})
+        except (UnicodeDecodeError, RecursionError) as e:
+            raise FixtureError(f"{self.name}/bundle.yaml: not a readable manifest ({type(e).__name__})") from None
         except (yaml.YAMLError, ValidationError) as e:
             first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e).splitlines()[0]}
             loc = ".".join(map(str, first["loc"])) or "(file)"
@@ -77,11 +96,24 @@ class FixtureBundle:
             f = self.path(self.manifest.signals_file)
             if not f.exists():
                 raise FixtureError(f"fixture bundle {self.name}: {self.manifest.signals_file} is missing")
-            df = pd.read_csv(f)
+            where = f"{self.name}/{self.manifest.signals_file}"
+            df = _read_csv(f, where)
             if "time" not in df.columns:
-                raise FixtureError(f"{self.name}/{self.manifest.signals_file}: no 'time' column")
-            df["time"] = pd.to_datetime(df["time"], utc=True)
-            self._signals = df.set_index("time").sort_index().astype("float64")
+                raise FixtureError(f"{where}: no 'time' column")
+            try:
+                df["time"] = pd.to_datetime(df["time"], utc=True)
+            except (ValueError, TypeError) as e:
+                raise FixtureError(f"{where}: column 'time' holds a value that is not a timestamp ({e})") from None
+            df = df.set_index("time").sort_index()
+            for col in df.columns:
+                try:
+                    df[col] = df[col].astype("float64")
+                except (ValueError, TypeError):
+                    bad = next((v for v in df[col] if not _is_number(v)), "?")
+                    raise FixtureError(f"{where}: column {col!r} holds {bad!r}, not a number") from None
+            if not len(df):
+                raise FixtureError(f"{where}: no rows")
+            self._signals = df
         return self._signals
 
     def snapshot(self, name: str) -> Any:
@@ -93,19 +125,24 @@ class FixtureBundle:
         f = self.path(ref.file)
         if not f.exists():
             raise FixtureError(f"fixture bundle {self.name}: snapshot file {ref.file} is missing")
+        where = f"{self.name}/{ref.file}"
         if f.suffix == ".csv":
-            return pd.read_csv(f)
-        return json.loads(f.read_text())
+            return _read_csv(f, where)
+        try:
+            return json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FixtureError(f"{where}: not valid JSON ({e})") from None
 
     def has_snapshot(self, name: str) -> bool:
         return name in self.manifest.snapshots
 
     def check(self) -> None:
-        """Fail now, naming the file, if any file the manifest lists is missing."""
+        """Fail now, naming the file, if any file the manifest lists is missing or does not parse."""
         _ = self.signals
         for name, ref in self.manifest.snapshots.items():
             if not self.path(ref.file).exists():
                 raise FixtureError(f"fixture bundle {self.name}: snapshot {name!r} file {ref.file} is missing")
+            self.snapshot(name)
 
 
 class FixtureSource(SignalSource):

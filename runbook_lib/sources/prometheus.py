@@ -50,6 +50,8 @@ QUERY_ERROR_STATUS = ("400", "422")
 
 # How much of Prometheus's own error text to quote in a one-line message.
 MAX_ERROR_TEXT = 300
+# `runbook check` / the run's preflight: a reachable Prometheus answers its build info at once.
+CHECK_TIMEOUT_S = 10.0
 
 
 class PrometheusSource(SignalSource):
@@ -99,6 +101,17 @@ class PrometheusSource(SignalSource):
             self._connection = PrometheusConnect(url=self.url, headers=headers, disable_ssl=not self.settings.verify_tls,
                                                  retry=retry, timeout=self.settings.timeout_s)
         return self._connection
+
+    def check(self) -> None:
+        """Reach the server before a run folder exists: one cheap API call (its build info)."""
+        client = self._client()
+        try:
+            r = requests.get(f"{self.url}/api/v1/status/buildinfo", headers=getattr(client, "headers", None) or {},
+                             verify=self.settings.verify_tls, timeout=min(self.settings.timeout_s, CHECK_TIMEOUT_S))
+        except requests.exceptions.RequestException as e:
+            raise self._request_error("(connection check)", e) from None
+        if r.status_code != 200:
+            raise self._http_error("(connection check)", str(r.status_code), r.text[:200])
 
     # --- fetching --------------------------------------------------------------------------------
 

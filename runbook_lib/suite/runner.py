@@ -22,11 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from runbook_lib.errors import NotebookFailed, RunbookError, UnknownSignalError
+from runbook_lib.errors import NotebookFailed, RunbookError, SettingsError, UnknownSignalError
 from runbook_lib.report.postmortem import export_run
 from runbook_lib.run_folder import (
     PARAMETERS_FILE,
@@ -61,12 +62,26 @@ def preflight(parameters: Path) -> tuple[Settings, SignalSource]:
     check = getattr(getattr(source, "bundle", None), "check", None) or getattr(source, "check", None)
     if check:
         check()
+    _check_window(settings, source, parameters)
     available = set(source.available())
     missing = [s for s in settings.signals if s not in available]
     if missing:
         raise UnknownSignalError(f"signal {missing[0]!r} is not provided by {source.description} "
                                  f"(parameters {display_path(parameters)}, field signals)")
     return settings, source
+
+
+def _check_window(settings: Settings, source: SignalSource, parameters: Path) -> None:
+    """A fixed window must overlap the data a recorded bundle holds (a live source is asked at run time)."""
+    w, rng = settings.window, (source.default_range() if settings.source.kind == "fixture" else None)
+    if rng is None or not (w.start or w.end):
+        return
+    first, last = rng
+    start, end = (pd.Timestamp(w.start) if w.start else first), (pd.Timestamp(w.end) if w.end else last)
+    if end <= first or start >= last:
+        raise SettingsError(f"{display_path(parameters)}: window {start:%Y-%m-%d %H:%M} - {end:%Y-%m-%d %H:%M} UTC "
+                            f"is outside the data of {source.description} ({first:%Y-%m-%d %H:%M} - "
+                            f"{last:%Y-%m-%d %H:%M})", hint="fix window.start/end or leave them out for the whole bundle")
 
 
 def select(only: list[str] | None) -> list[str]:

@@ -119,7 +119,8 @@ def test_gate_refuses_apply_in_live_mode_without_approval(pg_dsn, run_dir):
         update={"remediation": Remediation(apply=True, approved_by="alice")})
     with pytest.raises(ApprovalRequired, match="remediation.change_ticket"):
         execute([INDEX], unapproved, run_dir)
-    fixture_mode = make_settings(pg_dsn=pg_dsn, mode="fixture", apply=True)
+    fixture_mode = make_settings(pg_dsn=pg_dsn, mode="fixture").model_copy(
+        update={"remediation": Remediation(apply=True)})
     with pytest.raises(ApprovalRequired, match="fixture"):
         execute([INDEX], fixture_mode, run_dir)
     assert pg_indexes(pg_dsn) == before

@@ -75,7 +75,7 @@ def test_missing_file():
     ("redis: {url: 'redis://:hunter22@cache:6379/0'}\n", "redis.url"),
     ("redis: {url: 'redis://cache:6379/0?password=hunter22'}\n", "redis.url"),
     ("source: {kind: prometheus, url: 'http://prom:9090/?token=hunter22', queries: {latency_p95_ms: q}}\n"
-     "signals: [latency_p95_ms]\n", "source.url"),
+     "signals: [latency_p95_ms]\n", "source.url"),  # (refused for the URL before the signals)
 ])
 def test_inline_passwords_are_refused_and_not_echoed(tmp_path, extra, field):
     text = GOOD.replace("source: {kind: fixture, bundle: fixtures/d2-latency}\n", "") if "source:" in extra else GOOD
@@ -164,8 +164,8 @@ def test_paths_take_environment_variables_with_defaults(tmp_path, monkeypatch):
 
 
 PROM = """incident: {id: t1, title: test}
-source: {kind: prometheus, url: "http://127.0.0.1:1", queries: {latency_p95_ms: q}}
-signals: [latency_p95_ms]
+source: {kind: prometheus, url: "http://127.0.0.1:1", queries: {latency_p95_ms: q, request_rate: q}}
+signals: [latency_p95_ms, request_rate]
 """
 
 
