@@ -38,7 +38,7 @@ from runbook_lib.run_folder import (
     utc_now,
 )
 from runbook_lib.settings import Settings, display_path, load_settings, project_root
-from runbook_lib.sources import SignalSource, open_source
+from runbook_lib.sources import SignalSource, open_source, pg_statistics, redis_snapshot
 
 NOTEBOOKS = ("01_symptom_correlation", "02_root_cause", "03_impact_assessment", "04_remediation", "05_validation")
 # ipykernel 7 warns on every start that its loopback TCP sockets are unencrypted (the kernel is a child
@@ -63,6 +63,7 @@ def preflight(parameters: Path) -> tuple[Settings, SignalSource]:
     if check:
         check()
     _check_window(settings, source, parameters)
+    _check_evidence_servers(settings)
     available = set(source.available())
     missing = [s for s in settings.signals if s not in available]
     if missing:
@@ -82,6 +83,18 @@ def _check_window(settings: Settings, source: SignalSource, parameters: Path) ->
         raise SettingsError(f"{display_path(parameters)}: window {start:%Y-%m-%d %H:%M} - {end:%Y-%m-%d %H:%M} UTC "
                             f"is outside the data of {source.description} ({first:%Y-%m-%d %H:%M} - "
                             f"{last:%Y-%m-%d %H:%M})", hint="fix window.start/end or leave them out for the whole bundle")
+
+
+def _check_evidence_servers(settings: Settings) -> None:
+    """Lab and live mode read (and may change) the PostgreSQL and Redis the parameters name: reach them now,
+    so a wrong DSN or a stopped server is one line before the run, not a missing-evidence note in 02."""
+    if settings.mode == "fixture":
+        return
+    if settings.postgres is not None:
+        password = settings.postgres.password.reveal().get_secret_value() if settings.postgres.password else None
+        pg_statistics.connect(settings.postgres.dsn, password).close()
+    if settings.redis is not None:
+        redis_snapshot.connect_settings(settings.redis).close()
 
 
 def select(only: list[str] | None) -> list[str]:
@@ -156,11 +169,13 @@ def _running_cell(output: Path) -> str | None:
     try:
         nb = nbformat.read(output, as_version=4)
     except Exception:  # noqa: BLE001 - the notebook may not be written yet
-        return None
-    for i, cell in enumerate(nb.cells):
-        if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
-            return f"cell '{cell.get('id', '?')}' (#{i})"
-    return None
+        return "before its first cell (the kernel was starting)"
+    started = [(i, c) for i, c in enumerate(nb.cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    # the cell papermill marked running; when it closed the notebook on the way out, the last one that started
+    running = [(i, c) for i, c in started if c["metadata"]["papermill"].get("status") == "running"]
+    for i, cell in running or started[-1:]:
+        return f"cell '{cell.get('id', '?')}' (#{i})"
+    return "before its first cell (the kernel was starting)"
 
 
 def run_suite(parameters: Path, out: Path | None = None, export: bool = True,

@@ -151,3 +151,18 @@ def test_plain_papermill_with_the_parameters_file(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     symptoms = json.loads((tmp_path / "run" / "symptoms.json").read_text())
     assert symptoms["window"]["ratio"] >= 10 and symptoms["window"]["recovery"] is not None
+
+
+def test_check_reaches_the_evidence_servers_in_lab_and_live_mode(tmp_path, capsys):
+    base = (f"incident: {{id: t, title: t}}\nsource: {{kind: fixture, bundle: '{BUNDLE}'}}\n"
+            "postgres: {dsn: 'host=127.0.0.1 port=1 dbname=app user=app'}\n")
+    p = tmp_path / "p.yaml"
+    p.write_text(base + "mode: lab\n")
+    assert main(["check", "-p", str(p)]) == 2
+    assert error_line(capsys.readouterr().err).startswith("error: cannot connect to postgres://127.0.0.1:1/app")
+    p.write_text(base.replace("postgres: {dsn: 'host=127.0.0.1 port=1 dbname=app user=app'}",
+                              "redis: {url: 'redis://127.0.0.1:1/0'}") + "mode: lab\n")
+    assert main(["check", "-p", str(p)]) == 2
+    assert error_line(capsys.readouterr().err).startswith("error: cannot reach redis://127.0.0.1:1/0")
+    p.write_text(base)  # fixture mode reads the bundle's snapshots: the servers are not contacted
+    assert main(["check", "-p", str(p)]) == 0

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from runbook_lib.cli import main
 from runbook_lib.lab.servers import wait_until
 from runbook_lib.run_folder import RUN_FILE, run_status
@@ -78,19 +80,20 @@ def _stop_group(proc: subprocess.Popen) -> None:
     proc.communicate(timeout=30)
 
 
-def test_sigint_marks_the_run_interrupted_with_notebook_and_cell(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_marks_the_run_interrupted_with_notebook_and_cell(tmp_path, sig):
     out = tmp_path / "run"
     proc = _start(out)
     try:
         wait_until(lambda: _status(out).get("current") == "02_root_cause", WAIT_S, "the run to reach 02")
-        proc.send_signal(signal.SIGINT)  # to the runbook process only, as `kill -INT PID` does
+        proc.send_signal(sig)  # to the runbook process only, as `kill -INT PID` / a supervisor's stop does
         _, err = proc.communicate(timeout=WAIT_S)
     finally:
         _stop_group(proc)
     assert proc.returncode == 130 and "error: interrupted" in err
     st = _status(out)
-    assert st["status"] == "interrupted" and st["interruption"]["signal"] == "SIGINT"
-    assert st["interruption"]["notebook"] == "02_root_cause"
+    assert st["status"] == "interrupted" and st["interruption"]["signal"] == sig.name
+    assert st["interruption"]["notebook"] == "02_root_cause" and st["interruption"]["cell"]
     assert [n["notebook"] for n in st["notebooks"]] == ["01_symptom_correlation"]
     assert main(["export", str(out)]) == 0
     assert "INCOMPLETE RECORD: run interrupted in 02_root_cause after 1 of 5" in (out / "postmortem.md").read_text()
