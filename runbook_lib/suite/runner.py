@@ -12,6 +12,7 @@ attempt under ``attempts``. The folder is locked while a run writes it.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import socket
@@ -41,9 +42,11 @@ from runbook_lib.settings import Settings, display_path, load_settings, project_
 from runbook_lib.sources import SignalSource, open_source, pg_statistics, redis_snapshot
 
 NOTEBOOKS = ("01_symptom_correlation", "02_root_cause", "03_impact_assessment", "04_remediation", "05_validation")
-# ipykernel 7 warns on every start that its loopback TCP sockets are unencrypted (the kernel is a child
-# of this process, on 127.0.0.1); errors still show.
-KERNEL_ARGUMENTS = ["--log-level=ERROR"]
+# The kernel's own log: ipykernel 7 warns on every start that its loopback TCP sockets are unencrypted (the
+# kernel is a child of this process, on 127.0.0.1), and logs a ZMQ traceback at ERROR when a run is interrupted
+# and its sockets close mid-reply. Neither helps the reader: a cell's error is in the executed notebook and
+# run.json, so only CRITICAL kernel messages reach the terminal.
+KERNEL_ARGUMENTS = ["--log-level=CRITICAL"]
 # Kernel start is ~2-4 s on these machines; a minute means the kernel is not coming.
 KERNEL_START_TIMEOUT_S = 60
 LOCK_FILE = ".run.lock"
@@ -160,8 +163,11 @@ class _Terminated(BaseException):
     """SIGTERM during a run, turned into an exception so the run folder is updated before exiting."""
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
+def _on_signal(signum, frame):
+    """Stop the run with one clear line: the kernel client's shutdown complaints (a dead kernel, an unretrieved
+    task) would otherwise follow it on the terminal. Logging stays off: the process is on its way out."""
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated()
 
 
 def _running_cell(output: Path) -> str | None:
@@ -184,14 +190,14 @@ def run_suite(parameters: Path, out: Path | None = None, export: bool = True,
     settings, source = preflight(parameters)
     chosen = select(only)
     run_dir = new_run_dir(project_root() / "runs", settings.incident.id) if out is None else _check_out(out)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
-        else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         with _locked(run_dir):
             return _run(run_dir, parameters, settings, source, chosen, export)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run(run_dir: Path, parameters: Path, settings: Settings, source: SignalSource, chosen: list[str],

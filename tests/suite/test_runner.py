@@ -80,17 +80,22 @@ def _stop_group(proc: subprocess.Popen) -> None:
     proc.communicate(timeout=30)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_marks_the_run_interrupted_with_notebook_and_cell(tmp_path, sig):
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["kill-INT", "ctrl-C", "kill-TERM"])
+def test_a_signal_marks_the_run_interrupted_with_notebook_and_cell(tmp_path, sig, group):
     out = tmp_path / "run"
     proc = _start(out)
     try:
         wait_until(lambda: _status(out).get("current") == "02_root_cause", WAIT_S, "the run to reach 02")
-        proc.send_signal(sig)  # to the runbook process only, as `kill -INT PID` / a supervisor's stop does
+        if group:  # Ctrl-C at a terminal: the whole process group, the kernel too
+            os.killpg(proc.pid, sig)
+        else:  # `kill -INT PID` / a supervisor's stop: the runbook process only
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=WAIT_S)
     finally:
         _stop_group(proc)
-    assert proc.returncode == 130 and "error: interrupted" in err
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
+    assert "Traceback" not in err and "Kernel died" not in err, err
     st = _status(out)
     assert st["status"] == "interrupted" and st["interruption"]["signal"] == sig.name
     assert st["interruption"]["notebook"] == "02_root_cause" and st["interruption"]["cell"]
