@@ -91,6 +91,15 @@ class CloudWatchSource(SignalSource):
             self._cw = session.client("cloudwatch", endpoint_url=self.settings.endpoint_url or None, config=config)
         return self._cw
 
+    def check(self) -> None:
+        """Reach CloudWatch before a run folder exists: one cheap call (ListMetrics for the first signal's
+        metric) that also proves the credentials and the region."""
+        m = next(iter(self.metrics.values()))
+        try:
+            self._client().list_metrics(Namespace=m.namespace, MetricName=m.metric)
+        except (BotoCoreError, ClientError) as e:
+            raise self._error(e, "ListMetrics") from None
+
     # --- fetching --------------------------------------------------------------------------------
 
     def _fetch(self, names: list[str], start: pd.Timestamp, end: pd.Timestamp, step_seconds: int) -> pd.DataFrame:
@@ -146,7 +155,7 @@ class CloudWatchSource(SignalSource):
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def _error(self, e: Exception) -> SourceError:
+    def _error(self, e: Exception, operation: str = "GetMetricData") -> SourceError:
         if isinstance(e, NoCredentialsError | PartialCredentialsError):
             return SourceError(f"no usable AWS credentials for {self.description}: {e}",
                                hint="export AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
@@ -156,9 +165,10 @@ class CloudWatchSource(SignalSource):
                                hint="check source.endpoint_url / source.region and that this machine can reach it")
         if isinstance(e, ClientError):
             code, text = _client_error_parts(e)
-            msg = redact_text(f"{self.description} refused GetMetricData: {code}: {text}")
+            msg = redact_text(f"{self.description} refused {operation}: {code}: {text}")
             if code in ACCESS_DENIED_CODES:
-                return SourceError(msg, hint="grant the identity cloudwatch:GetMetricData (read-only is enough)")
+                return SourceError(msg, hint="grant the identity cloudwatch:GetMetricData and cloudwatch:ListMetrics "
+                                                "(read-only is enough)")
             if code in BAD_CREDENTIAL_CODES:
                 return SourceError(msg, hint="the AWS credentials are invalid or expired: refresh them "
                                              "(aws sso login, or new access keys) for this account")

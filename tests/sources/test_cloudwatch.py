@@ -206,3 +206,11 @@ def test_access_denied_and_invalid_keys_are_source_errors(tmp_path, monkeypatch)
 def test_period_is_a_valid_cloudwatch_period(step, age_h, period):
     assert cloudwatch_period(step, pd.Timedelta(hours=age_h)) == period
 
+
+
+def test_check_reaches_cloudwatch_before_a_run(moto, rds_data):
+    source(moto).check()  # the credentials, the region and the endpoint answer
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SourceError) as e:
+        source(url).check()
+    assert str(e.value).startswith(f"cannot reach cloudwatch {REGION} at {url}") and "\n" not in str(e.value)
