@@ -173,3 +173,13 @@ def hypotheses_frame(hyps: list[Hypothesis]) -> pd.DataFrame:
 def evidence_frame(h: Hypothesis) -> pd.DataFrame:
     return pd.DataFrame([{"check": e.check, "observed": e.observed, "supports": "yes" if e.supports else "no",
                           "weight": e.weight} for e in h.evidence])
+
+
+def hypotheses_from_json(findings: dict) -> list[Hypothesis]:
+    """The hypotheses of findings.json (02) as objects again (03 ranks actions from them)."""
+    hyps = []
+    for d in findings["hypotheses"]:
+        h = Hypothesis(d["category"], d["title"], d["statement"], d["disprove_by"],
+                       [Evidence(**e) for e in d["evidence"]], d.get("first_onset"))
+        hyps.append(h)
+    return hyps

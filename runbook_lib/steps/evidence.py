@@ -10,25 +10,26 @@ the reason; nothing is invented.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import psycopg
 
 from runbook_lib.diagnose import cache_keys as cache_dx
 from runbook_lib.diagnose import index_candidates as ix_dx
 from runbook_lib.diagnose import statements as db_dx
 from runbook_lib.errors import RunbookError
 from runbook_lib.model import Snapshots
-from runbook_lib.plan import index_advisor as advisor
 from runbook_lib.plan.cache_sizing import recommend
 from runbook_lib.redaction import redact_text
-from runbook_lib.report import cache_diagnosis as report
 from runbook_lib.settings import Postgres, Settings, resolve_path
-from runbook_lib.sources import pg_statistics as stats
-from runbook_lib.sources import redis_snapshot as collect
 from runbook_lib.sources.app_config_file import read_app_config
 from runbook_lib.sources.fixture_bundle import FixtureSource
+
+if TYPE_CHECKING:
+    import psycopg
+
+# The live readers (psycopg, redis, pglast's advisor) are imported by the functions that use them: a fixture
+# run never needs them, and each notebook kernel would pay about a second to import them.
 
 # Live snapshot window: 30 s holds two to six Prometheus scrapes and, at the lab's 18 req/s, ~500
 # requests: enough for calls-per-request and hit-ratio deltas, short enough to wait for at 3 a.m.
@@ -89,6 +90,9 @@ def _postgres(settings: Settings, rate: float | None, window_s: float):
 
 
 def _redis(settings: Settings, window_s: float):
+    from runbook_lib.report import cache_diagnosis as report
+    from runbook_lib.sources import redis_snapshot as collect
+
     client = collect.connect_settings(settings.redis)
     try:
         snap = collect.collect(client, redact_text(settings.redis.url), window_s=window_s,
@@ -160,6 +164,8 @@ def index_candidates(settings: Settings, source, snap: Snapshots) -> list[dict]:
 
 def pg_connect(pg: Postgres) -> psycopg.Connection:
     """A statistics-reading connection; the password from the SecretRef, never from the DSN."""
+    from runbook_lib.sources import pg_statistics as stats
+
     password = pg.password.reveal().get_secret_value() if pg.password is not None else None
     return stats.connect(pg.dsn, password)
 
@@ -170,6 +176,8 @@ def pg_snapshots(pg: Postgres, window_s: float | None = None, request_rate: floa
 
     ``request_rate`` (requests/s over the window, e.g. the request_rate signal's mean) or ``requests``
     gives calls per request; without either, N+1 cannot be judged (calls_per_request is NaN)."""
+    from runbook_lib.sources import pg_statistics as stats
+
     with pg_connect(pg) as conn:
         start, end = stats.window(conn, window_s) if window_s else stats.since_reset(conn)
     seconds = stats.window_seconds(start, end)
@@ -186,6 +194,8 @@ def pg_snapshots(pg: Postgres, window_s: float | None = None, request_rate: floa
 
 def pg_index_proposals(pg: Postgres, snap: Snapshots) -> list[dict[str, Any]]:
     """HypoPG-evaluated index proposals for ``snapshots()`` output (raises ExtensionMissing without hypopg)."""
+    from runbook_lib.plan import index_advisor as advisor
+
     with pg_connect(pg) as conn:
         result = advisor.advise(conn, snap.statements, snap.tables, snap.indexes)
     return [p.as_dict() for p in result.proposals]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from runbook_lib.diagnose.hypotheses import hypotheses_from_json
 from runbook_lib.model import PlannedAction
 from runbook_lib.plan import ranking
-from runbook_lib.steps.root_cause import hypotheses_from_json
 
 
 def impact(findings: dict) -> list[PlannedAction]:

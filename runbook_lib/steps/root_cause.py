@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from runbook_lib.diagnose.hypotheses import build_hypotheses, evidence_frame, hypotheses_frame  # noqa: F401 - 02 shows them
-from runbook_lib.model import Evidence, Hypothesis, Snapshots
+from runbook_lib.diagnose.hypotheses import (  # noqa: F401 - 02 shows them; 03 rebuilds them
+    build_hypotheses,
+    evidence_frame,
+    hypotheses_frame,
+    hypotheses_from_json,
+)
+from runbook_lib.model import Hypothesis, Snapshots
 from runbook_lib.steps.evidence import gather, index_candidates  # noqa: F401 - 02 calls them
 from runbook_lib.steps.formatting import records
 from runbook_lib.steps.symptom_correlation import load_window, symptom_frame
@@ -82,10 +87,3 @@ def root_cause_conclusion(hyps: list[Hypothesis]) -> str:
     return "\n\n".join(lines)
 
 
-def hypotheses_from_json(findings: dict) -> list[Hypothesis]:
-    hyps = []
-    for d in findings["hypotheses"]:
-        h = Hypothesis(d["category"], d["title"], d["statement"], d["disprove_by"],
-                       [Evidence(**e) for e in d["evidence"]], d.get("first_onset"))
-        hyps.append(h)
-    return hyps
