@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,16 +37,12 @@ from runbook_lib.errors import AppConfigError
 from runbook_lib.model import AppKnobs, knob_types, knob_value
 from runbook_lib.settings import resolve_path
 from runbook_lib.sources.app_config_file import knobs_from_dict, read_app_config
+from runbook_lib.sources.events import append_event
 
 # The ConfigMap the live app reads its knobs from, unless the inputs name another (namespace/name).
 DEFAULT_CONFIGMAP = "default/api-config"
 # Knobs whose effect the verify loop reads on the cache hit ratio; the pool knobs act on errors.
 CACHE_KNOBS = ("cache_ttl_s", "cache_key_scheme")
-
-
-def canonical(name: str, value: Any) -> Any:
-    """A knob's value in its type (300, "300" and 300.0 are the same TTL)."""
-    return knob_value(name, value)
 
 
 def _fmt(v: Any) -> str:
@@ -80,13 +75,9 @@ def patch_app_config(path: str | Path, changes: dict[str, Any]) -> AppKnobs:
     return new
 
 
-def append_change_event(events_file: str | Path, changes: dict[str, Any]) -> None:
-    """A ``remediation`` marker in the event log the charts read (JSON Lines of {time, label, kind})."""
-    line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="seconds"),
-                       "label": "config patch: " + " ".join(f"{k}={v}" for k, v in sorted(changes.items())),
-                       "kind": "remediation"})
-    with open(resolve_path(events_file), "a") as f:
-        f.write(line + "\n")
+def change_label(changes: dict[str, Any]) -> str:
+    """The event-log label of a knob change: ``config patch: k1=v1 k2=v2`` (keys sorted)."""
+    return "config patch: " + " ".join(f"{k}={v}" for k, v in sorted(changes.items()))
 
 
 class AppConfigInputs(Inputs):
@@ -115,7 +106,7 @@ class AppConfigInputs(Inputs):
         if unknown:
             raise ValueError(f"unknown app knob(s) {', '.join(unknown)}; known: {', '.join(types)}")
         try:
-            out = {k: canonical(k, v[k]) for k in sorted(v)}
+            out = {k: knob_value(k, v[k]) for k in sorted(v)}
         except (TypeError, ValueError) as e:
             raise ValueError(f"bad value: {e}") from None
         try:
@@ -218,12 +209,12 @@ class AppConfig(Action):
         return {k: getattr(cfg, k) for k in self.names}
 
     def _matches(self, state: dict[str, Any], wanted: dict[str, Any]) -> bool:
-        return all(canonical(k, state.get(k)) == canonical(k, wanted.get(k)) for k in self.names)
+        return all(knob_value(k, state.get(k)) == knob_value(k, wanted.get(k)) for k in self.names)
 
     def _patch(self, values: dict[str, Any]) -> None:
         patch_app_config(self.path, values)
         if self.inputs.events_file:
-            append_change_event(self.inputs.events_file, values)
+            append_event(resolve_path(self.inputs.events_file), change_label(values), "remediation")
 
     def is_applied(self, state: dict[str, Any]) -> bool:
         return self._matches(state, self.inputs.changes)

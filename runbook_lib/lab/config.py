@@ -11,16 +11,16 @@ The two presets are the seed incident (fixtures/d2-latency, deploy api v2.14.0) 
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from runbook_lib.actions.app_config import patch_app_config, write_app_config
+from runbook_lib.actions.app_config import change_label, patch_app_config, write_app_config
 from runbook_lib.errors import AppConfigError
 from runbook_lib.lab.lab_errors import LabConfigError
 from runbook_lib.model import AppKnobs
 from runbook_lib.sources.app_config_file import knobs_from_dict, read_app_config
+from runbook_lib.sources.events import append_event as append_event_line
 
 CONFIG_FILE = "config.json"
 EVENTS_FILE = "events.jsonl"  # next to config.json: profile switches and patches, for the recorder
@@ -45,19 +45,25 @@ REDIS_POLICY = "allkeys-lru"
 PROFILES = {"degraded": DEGRADED, "healthy": HEALTHY}
 
 
-def from_dict(data: dict[str, Any]) -> LabConfig:
+@contextmanager
+def _as_lab_error():
+    """The product's app-config errors, reported as the lab's (LabConfigError, "lab config ...")."""
     try:
-        return knobs_from_dict(data)
+        yield
     except AppConfigError as e:
         raise LabConfigError(str(e).replace("app config", "lab config"), hint=e.hint) from None
 
 
+def from_dict(data: dict[str, Any]) -> LabConfig:
+    with _as_lab_error():
+        return knobs_from_dict(data)
+
+
 def read_config(path: str | Path) -> LabConfig:
-    try:
+    if not Path(path).exists():
+        raise LabConfigError(f"lab config {path} does not exist", hint="start the lab: runbook lab up")
+    with _as_lab_error():
         return read_app_config(path)
-    except AppConfigError as e:
-        raise LabConfigError(str(e).replace("app config", "lab config"),
-                             hint="start the lab: runbook lab up" if "does not exist" in str(e) else None) from None
 
 
 def write_config(path: str | Path, cfg: LabConfig) -> None:
@@ -69,20 +75,15 @@ def write_config(path: str | Path, cfg: LabConfig) -> None:
 
 def patch_config(path: str | Path, **changes: Any) -> LabConfig:
     """Change some knobs, keep the others (``kubectl patch`` for the lab). Returns the new config."""
-    try:
+    with _as_lab_error():
         new = patch_app_config(path, changes)
-    except AppConfigError as e:
-        raise LabConfigError(str(e).replace("app config", "lab config"), hint=e.hint) from None
-    append_event(Path(path).parent, "config patch: " + " ".join(f"{k}={v}" for k, v in sorted(changes.items())),
-                 "remediation")
+    append_event(Path(path).parent, change_label(changes), "remediation")
     return new
 
 
 def append_event(folder: str | Path, label: str, kind: str = "note") -> None:
     """Add an event (deploy | alert | remediation | note) to the lab's log; the recorder reads it."""
-    line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="seconds"), "label": label, "kind": kind})
-    with open(Path(folder) / EVENTS_FILE, "a") as f:
-        f.write(line + "\n")
+    append_event_line(Path(folder) / EVENTS_FILE, label, kind)
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:

@@ -1,12 +1,14 @@
 """Events from a JSON Lines file: one ``{"time", "label", "kind"}`` object per line.
 
 The format of the lab's ``events.jsonl`` and of a minimal deploy log; a Prometheus source reads it for
-the markers on its charts (``source.events_file``; in lab mode the lab's own log by default).
+the markers on its charts (``source.events_file``). ``append_event`` writes one line in that format (the
+lab's profile switches, a remediation's marker): one writer, one reader, one format.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from runbook_lib.errors import SourceError
@@ -14,6 +16,13 @@ from runbook_lib.settings import display_path
 from runbook_lib.sources.timeseries import Event
 
 KINDS = ("deploy", "alert", "remediation", "note")
+
+
+def append_event(path: Path, label: str, kind: str = "note") -> None:
+    """Append one event, stamped now (UTC, seconds), to a JSON Lines event log."""
+    line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="seconds"), "label": label, "kind": kind})
+    with open(path, "a") as f:
+        f.write(line + "\n")
 
 
 def read_events_file(path: Path) -> list[Event]:
