@@ -14,9 +14,6 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
 MASK = "***"
 _known: set[str] = set()
 _lock = threading.Lock()
@@ -51,6 +48,21 @@ def redact_text(text: str) -> str:
     return text
 
 
+# a mapping key whose value is a credential whatever it looks like ({"password": "hunter22"})
+SECRET_KEY = re.compile(r"(?i)^(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|secret[_-]?access[_-]?key"
+                        r"|auth(orization)?)$")
+
+
+def scrub(obj: Any) -> Any:
+    """``redact`` plus: the value under a credential-named key is masked whatever it is."""
+    if isinstance(obj, dict):
+        return {k: (MASK if isinstance(k, str) and SECRET_KEY.match(k) and v not in (None, "")
+                    and not isinstance(v, dict) else scrub(v)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(scrub(v) for v in obj)
+    return redact(obj)
+
+
 def redact(obj: Any) -> Any:
     """Redact strings anywhere inside dicts, lists and tuples (keys too)."""
     if isinstance(obj, str):
@@ -66,6 +78,10 @@ def redact(obj: Any) -> Any:
 
 
 def postgres_endpoint(dsn: str) -> str:
+    # imported here: papermill loads this module (suite.scrubbed_io) in every run, and psycopg costs 0.1 s
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         d = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
