@@ -14,6 +14,7 @@ The SLO targets are ``settings.Slo``; ``Slo.targets()`` gives them by signal nam
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -232,3 +233,17 @@ def index_action_id(table: str, columns: list[str]) -> str:
     """The id of the index on ``[schema.]table (columns)``: the same in the plan and in the executor."""
     schema, _, name = table.rpartition(".")
     return "pg-index-" + slug(*([schema] if schema and schema != "public" else []), name, *columns)
+
+
+def app_config_action_id(knobs: Iterable[str]) -> str:
+    """The id of a change to these app knobs (order does not matter)."""
+    return "app-config-" + slug(*sorted(knobs))
+
+
+def redis_config_action_id(names: Iterable[str]) -> str:
+    """The id of a CONFIG SET of these Redis parameters (order does not matter)."""
+    return "redis-config-" + slug(*sorted(names))
+
+
+def cache_warm_action_id(top_n: int) -> str:
+    return f"cache-warm-top-{int(top_n)}"

@@ -31,10 +31,9 @@ from runbook_lib.actions.framework import (
     Plan,
     RollbackResult,
     VerifyResult,
-    slug,
 )
 from runbook_lib.errors import AppConfigError
-from runbook_lib.model import AppKnobs, knob_types, knob_value
+from runbook_lib.model import AppKnobs, app_config_action_id, knob_types, knob_value
 from runbook_lib.settings import resolve_path
 from runbook_lib.sources.app_config_file import knobs_from_dict, read_app_config
 from runbook_lib.sources.events import append_event
@@ -151,7 +150,7 @@ class AppConfig(Action):
 
     @property
     def id(self) -> str:
-        return "app-config-" + slug(*self.names)
+        return app_config_action_id(self.names)
 
     @property
     def title(self) -> str:

@@ -44,6 +44,7 @@ from runbook_lib.actions.action_errors import ActionInputError, CacheWarmError
 from runbook_lib.actions.framework import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult
 from runbook_lib.diagnose.cache_keys import logical_key
 from runbook_lib.errors import RunbookError
+from runbook_lib.model import cache_warm_action_id
 from runbook_lib.plan.cache_warming import TTL_JITTER, WarmItem, lab_path, lab_request_route, rank_keys
 from runbook_lib.redaction import redact_text
 from runbook_lib.settings import resolve_path
@@ -87,7 +88,7 @@ class CacheWarm(Action):
 
     @property
     def id(self) -> str:
-        return f"cache-warm-top-{self.inputs.top_n}"
+        return cache_warm_action_id(self.inputs.top_n)
 
     @property
     def title(self) -> str:

@@ -25,8 +25,8 @@ from runbook_lib.actions.framework import (
     Plan,
     RollbackResult,
     VerifyResult,
-    slug,
 )
+from runbook_lib.model import redis_config_action_id
 
 # Redis memory units (redis.conf header): k=1000, kb=1024, m=10^6, mb=1024^2, g=10^9, gb=1024^3.
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
@@ -116,7 +116,7 @@ class RedisConfigSet(Action):
 
     @property
     def id(self) -> str:
-        return "redis-config-" + slug(*self.names)
+        return redis_config_action_id(self.names)
 
     @property
     def title(self) -> str:

@@ -11,7 +11,14 @@ from __future__ import annotations
 import pandas as pd
 
 from runbook_lib.diagnose.statements import n_plus_one
-from runbook_lib.model import Hypothesis, PlannedAction, index_action_id
+from runbook_lib.model import (
+    Hypothesis,
+    PlannedAction,
+    app_config_action_id,
+    cache_warm_action_id,
+    index_action_id,
+    redis_config_action_id,
+)
 
 PHASE_ORDER = {"immediate": 0, "short-term": 1, "long-term": 2}
 
@@ -32,6 +39,8 @@ def _memory_reason(redis: dict | None) -> str:
 # Without a recommendation computed from Redis evidence (plan.cache_sizing), the seed incident's fix.
 DEFAULT_TTL_S = 300
 DEFAULT_REDIS = {"maxmemory": "512mb", "maxmemory-policy": "allkeys-lru"}
+# Keys warmed after a key-scheme change: the head of the request distribution (the seed incident's figure).
+WARM_TOP_N = 5000
 
 
 def _cache_values(cfg: dict, cache_plan: dict | None, redis: dict | None) -> tuple[dict, dict]:
@@ -65,22 +74,23 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
     if "cache" in by:
         h = by["cache"]
         ttl, mem = _cache_values(cfg, cache_plan, redis)
-        out.append(PlannedAction("app-cache-keys", "immediate",
+        keys_id = app_config_action_id(["cache_key_scheme"])
+        out.append(PlannedAction(keys_id, "immediate",
                                  "Normalize cache keys (drop timestamp and cache-buster parts)", "cache", "app.config",
                                  {"cache_key_scheme": "normalized"}, _gain(h, 0.45), 0.25, "low",
                                  "most sampled keys are single-use; normalized keys are reused across requests"))
-        deps = ["app-cache-keys"]
+        deps = [keys_id]
         if not ttl.get("unchanged"):
-            out.append(PlannedAction("app-cache-ttl", "immediate", ttl["title"], "cache", "app.config", ttl["inputs"],
+            deps.append(app_config_action_id(ttl["inputs"]))
+            out.append(PlannedAction(deps[-1], "immediate", ttl["title"], "cache", "app.config", ttl["inputs"],
                                      _gain(h, 0.2), 0.25, "low", ttl["reason"]))
-            deps.append("app-cache-ttl")
         if mem["inputs"]:
-            out.append(PlannedAction("redis-maxmemory", "immediate", "Give Redis room for the working set",
+            deps.append(redis_config_action_id(mem["inputs"]))
+            out.append(PlannedAction(deps[-1], "immediate", "Give Redis room for the working set",
                                      "cache", "redis.config_set", mem["inputs"], _gain(h, 0.1), 0.25, "low",
                                      mem["reason"]))
-            deps.append("redis-maxmemory")
-        out.append(PlannedAction("cache-warm", "immediate", "Warm the most requested keys", "cache", "cache.warm",
-                                 {"top_n": 5000}, _gain(h, 0.05), 0.5, "low",
+        out.append(PlannedAction(cache_warm_action_id(WARM_TOP_N), "immediate", "Warm the most requested keys",
+                                 "cache", "cache.warm", {"top_n": WARM_TOP_N}, _gain(h, 0.05), 0.5, "low",
                                  "avoids a cold-cache stampede right after the key change", depends_on=deps))
     if "database" in by:
         h = by["database"]
@@ -102,7 +112,7 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
                                          f"{row.calls_per_request:.0f} calls per request", executable=False))
     if "application" in by:
         h = by["application"]
-        out.append(PlannedAction("app-pool", "short-term", "Size the DB pool from measured concurrency",
+        out.append(PlannedAction(app_config_action_id(["db_pool_timeout_s"]), "short-term", "Size the DB pool from measured concurrency",
                                  "application", "app.config", {"db_pool_timeout_s": 2.0}, _gain(h, 0.1), 0.5,
                                  "medium", "pool waits turn into 5xx; a longer acquire timeout trades errors for "
                                  "latency until the queries are fast again"))

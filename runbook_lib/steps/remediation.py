@@ -24,7 +24,7 @@ NO_EXECUTOR = {
 class Entry:
     """One planned action as 04 shows it: the plan row plus its executor when one exists."""
 
-    plan_id: str
+    id: str  # the plan's id, which is also its executor's (model.*_action_id) and the audit's
     phase: str
     title: str
     kind: str
@@ -56,6 +56,9 @@ def build(plan: dict, settings: Settings) -> list[Entry]:
         e = Entry(a["id"], a["phase"], a["title"], a["kind"], a["inputs"], a["reason"])
         if a["kind"] in kinds:
             e.executor = fw.build_action(a["kind"], {**target_inputs(a["kind"], settings), **a["inputs"]})
+            if e.executor.id != e.id:  # a plan.json written by another version: its ids would not match the audit
+                raise fw.ActionInputError(f"plan.json action {e.id!r} builds as {e.executor.id!r}",
+                                          hint="re-run 03_impact_assessment to write the plan again")
         else:
             e.note = NO_EXECUTOR.get(a["kind"], "no executor for this kind")
             e.commands = [f"-- {a['reason']}"]
@@ -70,11 +73,11 @@ def plan_frame(entries: list[Entry]) -> pd.DataFrame:
             p = e.executor.plan()
             rows.append({"phase": e.phase, "action": p.title, "commands": "\n".join(p.commands),
                          "captures first": "\n".join(p.captures), "rollback": "\n".join(p.rollback_commands),
-                         "risk": p.risk, "executor": e.executor.id})
+                         "risk": p.risk, "executor": e.kind})
         else:
             rows.append({"phase": e.phase, "action": e.title, "commands": "\n".join(e.commands),
                          "captures first": "-", "rollback": "-", "risk": "-", "executor": e.note})
-    return pd.DataFrame(rows, index=pd.Index([e.plan_id for e in entries], name="plan id"))
+    return pd.DataFrame(rows, index=pd.Index([e.id for e in entries], name="id"))
 
 
 # Verify loop in lab/live mode: the current value of a signal is its median over this trailing window
@@ -105,21 +108,21 @@ def execute(entries: list[Entry], step) -> list[dict]:
     out = []
     for e in entries:
         if e.executor is None:
-            out.append({"plan_id": e.plan_id, "action_id": "-", "status": "not executed", "changed": False,
+            out.append({"id": e.id, "status": "not executed", "changed": False,
                         "verified": None, "effect": None, "message": e.note})
             continue
         o = done[e.executor.id]
-        out.append({"plan_id": e.plan_id, "action_id": o.action_id, "status": o.status, "changed": o.changed,
+        out.append({"id": o.action_id, "status": o.status, "changed": o.changed,
                     "verified": o.verified, "effect": o.effect, "message": o.message})
     return out
 
 
 def outcomes_frame(outcomes: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(outcomes).set_index("plan_id")
+    return pd.DataFrame(outcomes).set_index("id")
 
 
 def payload(outcomes: list[dict], settings: Settings) -> dict:
-    applied = [o["action_id"] for o in outcomes if o["changed"]]
+    applied = [o["id"] for o in outcomes if o["changed"]]
     out = {"apply": settings.remediation.apply, "mode": settings.mode, "outcomes": outcomes, "applied": applied}
     if applied:  # 05 measures "after" from here on when the data has no recovery of its own
         out["finished_at"] = pd.Timestamp.now(tz="UTC").isoformat()
@@ -127,7 +130,7 @@ def payload(outcomes: list[dict], settings: Settings) -> dict:
 
 
 def conclusion(outcomes: list[dict], settings: Settings) -> str:
-    executable = [o for o in outcomes if o["action_id"] != "-"]
+    executable = [o for o in outcomes if o["status"] != "not executed"]
     changed = [o for o in outcomes if o["changed"]]
     if not settings.remediation.apply:
         return (f"**Concluded.** Dry run: {len(executable)} executable action(s) planned and audited as "

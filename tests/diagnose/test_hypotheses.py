@@ -187,17 +187,17 @@ def test_cache_actions_take_the_measured_recommendation():
                        "reasoning": ["...", "rounded up to a power of two: 64 MiB"]},
             "policy": {"recommended": "allkeys-lru", "current": "allkeys-lru", "reasoning": ["kept"]}}
     acts = {a.id: a for a in propose(_supported_cache(), None, {"cache_ttl_s": 5}, [], None, plan)}
-    assert acts["app-cache-ttl"].inputs == {"cache_ttl_s": 1800.0} and "1800 s" in acts["app-cache-ttl"].title
-    assert acts["redis-maxmemory"].inputs == {"maxmemory": "64mb"}  # the policy is kept: not changed
-    assert acts["cache-warm"].depends_on == ["app-cache-keys", "app-cache-ttl", "redis-maxmemory"]
+    assert acts["app-config-cache_ttl_s"].inputs == {"cache_ttl_s": 1800.0} and "1800 s" in acts["app-config-cache_ttl_s"].title
+    assert acts["redis-config-maxmemory"].inputs == {"maxmemory": "64mb"}  # the policy is kept: not changed
+    assert acts["cache-warm-top-5000"].depends_on == ["app-config-cache_key_scheme", "app-config-cache_ttl_s", "redis-config-maxmemory"]
     # a TTL already right and memory already enough: no action for either
     plan["ttl"]["current_s"], plan["memory"]["current_bytes"] = 1800.0, 64 * 2**20
     acts = {a.id: a for a in propose(_supported_cache(), None, {"cache_ttl_s": 1800}, [], None, plan)}
-    assert set(acts) == {"app-cache-keys", "cache-warm"} and acts["cache-warm"].depends_on == ["app-cache-keys"]
+    assert set(acts) == {"app-config-cache_key_scheme", "cache-warm-top-5000"} and acts["cache-warm-top-5000"].depends_on == ["app-config-cache_key_scheme"]
     # no Redis evidence: the seed incident's values, said so
     acts = {a.id: a for a in propose(_supported_cache(), None, {"cache_ttl_s": 5}, [], None, None)}
-    assert acts["app-cache-ttl"].inputs == {"cache_ttl_s": DEFAULT_TTL_S} and "seed incident" in acts["app-cache-ttl"].reason
-    assert acts["redis-maxmemory"].inputs == DEFAULT_REDIS
+    assert acts["app-config-cache_ttl_s"].inputs == {"cache_ttl_s": DEFAULT_TTL_S} and "seed incident" in acts["app-config-cache_ttl_s"].reason
+    assert acts["redis-config-maxmemory-maxmemory-policy"].inputs == DEFAULT_REDIS
 
 
 def test_an_index_walk_that_reads_pages_for_nothing_is_a_candidate_without_seq_scans():

@@ -24,5 +24,19 @@ def test_an_index_action_has_the_executors_id_even_for_a_hostile_table_name():
     assert actions[1].id == "pg-index-shop-orders-user_id"
 
 
+def test_every_executable_action_has_its_executors_id():
+    causes = [_database_cause(), Hypothesis("cache", "t", "s", "d", [Evidence("misses", "many", True, 3)]),
+              Hypothesis("application", "t", "s", "d", [Evidence("pool waits", "many", True, 3)])]
+    candidates = [{"table": "orders", "columns": ["user_id"], "reason": "seq scans", "share": 0.5}]
+    actions = [a for a in propose(causes, None, {"cache_ttl_s": 5}, candidates, None, None) if a.executable]
+    assert {a.kind for a in actions} == {"app.config", "redis.config_set", "cache.warm", "postgres.create_index"}
+    ids = set()
+    for a in actions:
+        assert a.id == build_action(a.kind, a.inputs).id
+        ids.add(a.id)
+        assert set(a.depends_on) <= ids  # a dependency is planned, under the id it runs with, before its dependant
+    assert len(ids) == len(actions)
+
+
 def test_a_healthy_control_proposes_nothing():
     assert propose([], None, None, [], None, None) == []

@@ -2,14 +2,17 @@
 
 from pathlib import Path
 
+import pytest
+
+from runbook_lib.actions import ActionInputError
 from runbook_lib.settings import load_settings
 from runbook_lib.steps import remediation
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = {"actions": [
-    {"id": "app-cache-ttl", "phase": "immediate", "title": "TTL", "kind": "app.config",
+    {"id": "app-config-cache_ttl_s", "phase": "immediate", "title": "TTL", "kind": "app.config",
      "inputs": {"cache_ttl_s": 1800}, "reason": "r"},
-    {"id": "cache-warm", "phase": "immediate", "title": "warm", "kind": "cache.warm", "inputs": {"top_n": 10},
+    {"id": "cache-warm-top-10", "phase": "immediate", "title": "warm", "kind": "cache.warm", "inputs": {"top_n": 10},
      "reason": "r"},
     {"id": "rewrite", "phase": "long-term", "title": "JOIN", "kind": "recommendation", "inputs": {}, "reason": "N+1"},
 ]}
@@ -32,7 +35,14 @@ def test_without_an_app_section_the_plan_says_what_is_missing():
     assert ttl.inputs.config_file is None
     assert ttl.plan().commands == ["runbook lab config --state <folder of app.config_file> cache_ttl_s=1800"]
     frame = remediation.plan_frame(entries)
-    assert list(frame["executor"])[:2] == ["app-config-cache_ttl_s", "cache-warm-top-10"]
+    assert list(frame.index) == ["app-config-cache_ttl_s", "cache-warm-top-10", "rewrite"]
+    assert list(frame["executor"])[:2] == ["app.config", "cache.warm"]
+
+
+def test_a_plan_whose_id_is_not_its_executors_is_refused():
+    plan = {"actions": [{**PLAN["actions"][0], "id": "app-cache-ttl"}]}
+    with pytest.raises(ActionInputError, match="'app-cache-ttl' builds as 'app-config-cache_ttl_s'"):
+        remediation.build(plan, load_settings(ROOT / "parameters" / "fixtures.yaml"))
 
 
 def test_the_plans_own_inputs_win_over_the_parameters(monkeypatch, tmp_path):
