@@ -247,3 +247,13 @@ def redis_config_action_id(names: Iterable[str]) -> str:
 
 def cache_warm_action_id(top_n: int) -> str:
     return f"cache-warm-top-{int(top_n)}"
+
+
+def pg_terminate_action_id(application_name: str | None = None, usename: str | None = None) -> str:
+    """The id of terminating the idle-in-transaction sessions of this application / role (either may be absent)."""
+    return "pg-terminate-idle-tx" + "".join("-" + slug(p) for p in (application_name, usename) if p)
+
+
+def pg_setting_action_id(name: str, scope: str, scope_name: str | None = None) -> str:
+    """The id of setting a PostgreSQL parameter at a scope: system (ALTER SYSTEM), role or database."""
+    return "pg-setting-" + slug(name, scope, *([scope_name] if scope_name else []))
