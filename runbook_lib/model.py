@@ -74,6 +74,25 @@ class Snapshots:
     keys: pd.DataFrame | None = None  # the key sample itself (key, type, ttl_s, memory_bytes)
     app_config: dict | None = None
     cache_plan: dict | None = None  # plan.cache_sizing.recommend: TTL, maxmemory, policy with the reasoning
+    cache_findings: list[dict] | None = None  # diagnose.cache_findings.judge: each check with its share of misses
+
+
+@dataclass
+class CacheSnapshot:
+    """Everything one diagnosis reads: two INFO snapshots bounding the window, a key sample, and the
+    app's counters over the same window (when given)."""
+
+    endpoint: str
+    info_start: dict[str, Any]
+    info_end: dict[str, Any]
+    keys: pd.DataFrame
+    app: dict | None = None  # app_cache_deltas
+    app_config: dict | None = None
+    sample_seconds: float = 0.0
+    seen_keys: list[str] = field(default_factory=list)  # every name seen during the window and in the sample
+    gone_keys: list[str] = field(default_factory=list)  # names seen during the window, gone at its end
+    new_keys: list[str] = field(default_factory=list)  # names first seen after the window's first SCAN pass
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

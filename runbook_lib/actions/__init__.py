@@ -36,6 +36,7 @@ from runbook_lib.actions.execution import (
 )
 from runbook_lib.actions.framework import Action, ApplyResult, Plan, RollbackResult, VerifyResult
 from runbook_lib.actions.postgres_index import CreateIndex
+from runbook_lib.actions.postgres_sessions import SetParameter, TerminateIdleSessions
 from runbook_lib.actions.redis_config import RedisConfigSet
 from runbook_lib.actions.registry import EXECUTORS, action_kinds, build_action, from_record
 from runbook_lib.actions.rollback import histories, rollback_run, unresolved
@@ -63,8 +64,10 @@ __all__ = [
     "RedisConfigSet",
     "RollbackError",
     "RollbackResult",
+    "SetParameter",
     "TargetError",
     "Targets",
+    "TerminateIdleSessions",
     "VerifyFailed",
     "VerifyResult",
     "action_kinds",

@@ -13,9 +13,13 @@ from runbook_lib.actions.app_config import AppConfig
 from runbook_lib.actions.cache_warm import CacheWarm
 from runbook_lib.actions.framework import Action
 from runbook_lib.actions.postgres_index import CreateIndex
+from runbook_lib.actions.postgres_sessions import SetParameter, TerminateIdleSessions
 from runbook_lib.actions.redis_config import RedisConfigSet
 
-EXECUTORS: dict[str, type[Action]] = {cls.kind: cls for cls in (CreateIndex, RedisConfigSet, AppConfig, CacheWarm)}
+EXECUTORS: dict[str, type[Action]] = {
+    cls.kind: cls
+    for cls in (CreateIndex, RedisConfigSet, AppConfig, CacheWarm, TerminateIdleSessions, SetParameter)
+}
 
 
 def action_kinds() -> list[str]:

@@ -126,7 +126,9 @@ def undo(action: Action, targets: Targets, log: AuditLog, prior: dict[str, Any],
     log.append("rolling_back", **common, prior=prior, commands=action.rollback_commands(prior), reason=reason)
     try:
         result = action.rollback(targets, prior)
-        after = action.capture(targets)
+        # an irreversible action (terminated sessions, warmed keys) has nothing to compare: its prior is the
+        # record of what it did, not a state to restore
+        after = action.capture(targets) if action.reversible else None
     except KeyboardInterrupt:
         log.append("failed", **common, result="interrupted", phase="rollback", error="interrupted (Ctrl-C)",
                    duration_s=sw.seconds())
@@ -135,6 +137,12 @@ def undo(action: Action, targets: Targets, log: AuditLog, prior: dict[str, Any],
         msg = redact_text(f"{type(e).__name__}: {e}")
         log.append("failed", **common, result="failed", phase="rollback", error=msg, duration_s=sw.seconds())
         raise ActionFailed(f"rollback of {action.id} failed: {msg}") from None
+    if not action.reversible:
+        log.append("rolled_back", **common, result="not reversible", changed=result.changed,
+                   message=result.message, commands=result.commands, restored=False, reason=reason,
+                   duration_s=sw.seconds())
+        return Outcome.for_action(action, "not reversible", changed=result.changed, message=result.message,
+                                  rolled_back=False, duration_s=sw.seconds(), commands=result.commands)
     restored = after == prior
     log.append("rolled_back", **common, result="restored" if restored else "differs from prior",
                changed=result.changed, message=result.message, commands=result.commands,

@@ -166,39 +166,65 @@ def key_timestamp_s(key: str) -> float | None:
     return None
 
 
-def key_design(keys: pd.DataFrame, misses_by_route: dict[str, float] | None = None) -> pd.DataFrame:
-    """Sampled keys grouped into patterns, with what makes them single-use and their share of misses.
+def key_design(keys: pd.DataFrame, misses_by_route: dict[str, float] | None = None, *,
+               seen_keys: list[str] | None = None, gone_keys: list[str] | None = None,
+               new_keys: list[str] | None = None, window_s: float | None = None) -> pd.DataFrame:
+    """Key names grouped into families (patterns), with what makes them single-use and their share of misses.
 
-    Columns: pattern, volatile (every volatile part, ``volatile_parts``), keys, key_share, logical_keys
-    (distinct keys once volatile parts are dropped), versions_per_logical_key, memory_bytes,
-    memory_share, median_ttl_s, single_use, miss_share, miss_share_source.
+    Columns: pattern, volatile (every volatile part, ``volatile_parts``), keys (in the sample), key_share,
+    logical_keys (distinct keys once volatile parts are dropped), versions_per_logical_key, memory_bytes,
+    memory_share, median_ttl_s, single_use, seen (names seen during the window, sample included), gone
+    (seen names no longer there at the end: expired or evicted), new (names written during the window),
+    short_ttl, miss_share, miss_share_source.
 
     Miss share: with ``misses_by_route`` (the app's own counters, route -> misses over the window), a
-    pattern ``api:<route>:...`` gets its route's misses split by key count. Without it, it is estimated
-    with Little's law: in a cache-aside cache every stored key was written after a miss, and a pattern's
-    write rate is (keys alive) / (mean lifetime), the lifetime being about twice the mean remaining TTL;
-    keys without a TTL are left out (their lifetime is unknown).
+    pattern ``api:<route>:...`` gets its route's misses split by key count. Without it, misses are estimated
+    from writes: in a cache-aside cache every stored key was written after a miss. A family's write rate is
+    the larger of (keys alive) / (mean lifetime), the lifetime being about twice the mean remaining TTL
+    (Little's law; keys without a TTL are left out), ``new / window_s`` (names written during the window,
+    seen by the watch passes) and ``gone / window_s`` (names that left within the window: this is how a family
+    whose keys all expire before the sample is taken still counts). The watch passes see at most the sample
+    size per pass, so on a keyspace larger than that the observed rates are lower bounds.
     """
     cols = ["pattern", "volatile", "keys", "key_share", "logical_keys", "versions_per_logical_key",
-            "memory_bytes", "memory_share", "median_ttl_s", "single_use", "miss_share", "miss_share_source"]
-    if keys is None or not len(keys):
+            "memory_bytes", "memory_share", "median_ttl_s", "single_use", "seen", "gone", "new", "short_ttl",
+            "miss_share", "miss_share_source"]
+    sampled = keys if keys is not None and len(keys) else pd.DataFrame(columns=["key", "ttl_s", "memory_bytes"])
+    in_sample = set(sampled["key"])
+    extra = [k for k in dict.fromkeys(seen_keys or []) if k not in in_sample]
+    df = pd.concat([sampled.assign(sampled=True),
+                    pd.DataFrame({"key": extra, "ttl_s": float("nan"), "memory_bytes": float("nan"),
+                                  "sampled": False})], ignore_index=True) if extra else sampled.assign(sampled=True)
+    if not len(df):
         return pd.DataFrame(columns=cols)
-    df = keys.copy()
+    seen = set(seen_keys or []) | in_sample
+    gone = set(gone_keys or [])
+    new = set(new_keys or [])
     df["pattern"] = [key_pattern(k)[0] for k in df["key"]]
     df["vparts"] = [volatile_parts(k) for k in df["key"]]
     df["logical"] = [logical_key(k) for k in df["key"]]
+    df["is_seen"] = df["key"].isin(seen)
+    df["is_gone"] = df["key"].isin(gone)
+    df["is_new"] = df["key"].isin(new)
+    n_sampled = int(df["sampled"].sum())
     rows = []
     for pattern, g in df.groupby("pattern", sort=False):
         parts = sorted({p for ps in g["vparts"] for p in ps})
-        n, logical = len(g), g["logical"].nunique()
-        ttl = g.loc[g["ttl_s"] >= 0, "ttl_s"]
-        rows.append({"pattern": pattern, "volatile": ", ".join(parts), "keys": n, "key_share": n / len(df),
+        smp = g.loc[g["sampled"]]
+        n, logical = len(smp), smp["logical"].nunique()
+        ttl = smp.loc[smp["ttl_s"] >= 0, "ttl_s"]
+        n_gone, n_new = int(g["is_gone"].sum()), int(g["is_new"].sum())
+        little = float((1.0 / (2.0 * ttl.clip(lower=0.5))).sum()) if len(ttl) else 0.0
+        turnover = max(n_gone, n_new) / window_s if window_s else 0.0
+        median_ttl = float(ttl.median()) if len(ttl) else float("nan")
+        rows.append({"pattern": pattern, "volatile": ", ".join(parts), "keys": n,
+                     "key_share": n / n_sampled if n_sampled else 0.0,
                      "logical_keys": logical, "versions_per_logical_key": n / logical if logical else float("nan"),
-                     "memory_bytes": float(g["memory_bytes"].fillna(0).sum()),
-                     "median_ttl_s": float(ttl.median()) if len(ttl) else float("nan"),
-                     "single_use": bool(parts),
-                     "_write_rate": float((1.0 / (2.0 * ttl.clip(lower=0.5))).sum()) if len(ttl) else 0.0,
-                     "_route": _route_of(pattern)})
+                     "memory_bytes": float(smp["memory_bytes"].fillna(0).sum()),
+                     "median_ttl_s": median_ttl, "single_use": bool(parts),
+                     "seen": int(g["is_seen"].sum()), "gone": n_gone, "new": n_new,
+                     "short_ttl": bool(median_ttl < SHORT_TTL_S) or (n == 0 and n_gone > 0),
+                     "_write_rate": max(little, turnover), "_route": _route_of(pattern)})
     out = pd.DataFrame(rows)
     total_mem = out["memory_bytes"].sum()
     out["memory_share"] = out["memory_bytes"] / total_mem if total_mem else 0.0
@@ -206,12 +232,13 @@ def key_design(keys: pd.DataFrame, misses_by_route: dict[str, float] | None = No
         per_route_keys = out.groupby("_route")["keys"].transform("sum")
         route_miss = out["_route"].map(lambda r: float(misses_by_route.get(r, 0.0)))
         total = float(sum(misses_by_route.values()))
-        out["miss_share"] = (route_miss * out["keys"] / per_route_keys / total) if total else 0.0
+        out["miss_share"] = (route_miss * out["keys"] / per_route_keys / total).fillna(0.0) if total else 0.0
         out["miss_share_source"] = "app metrics by route"
     else:
         w = out["_write_rate"].sum()
         out["miss_share"] = out["_write_rate"] / w if w else float("nan")
-        out["miss_share_source"] = "estimated (Little's law over TTLs)"
+        out["miss_share_source"] = ("estimated from writes (TTLs of the sample, names written and gone in the "
+                                    "window)" if gone or new else "estimated (Little's law over TTLs)")
     out = out.sort_values(["keys", "pattern"], ascending=[False, True]).reset_index(drop=True)
     return out[cols]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from runbook_lib.diagnose import cache_findings
 from runbook_lib.diagnose import cache_keys as cache_dx
 from runbook_lib.diagnose import statements as db_dx
 from runbook_lib.model import Evidence, Hypothesis, Snapshots
@@ -48,26 +49,19 @@ def cache_hypothesis(t: pd.DataFrame, snap: Snapshots, slo_hit: float) -> Hypoth
             lead = (p_onset - r.onset).total_seconds()
             h.evidence.append(Evidence("hit ratio moved before latency", f"{lead:+.0f} s before p95", lead > 0, 2))
             h.first_onset = r.onset.isoformat()
-    if snap.redis:
-        rd = snap.redis
-        h.evidence.append(Evidence("Redis hit ratio over the window (INFO deltas)",
-                                   f"{rd['hit_ratio']:.1%} (SLO {slo_hit:.0%})", rd["hit_ratio"] < slo_hit, 2))
-        full = rd["memory_used_share"] >= cache_dx.MEMORY_FULL_SHARE and rd["evicted_per_s"] > 0
-        h.evidence.append(Evidence("memory full and evicting",
-                                   f"used {rd['memory_used_share']:.0%} of maxmemory "
-                                   f"{rd['maxmemory'] / 2**20:.0f} MiB, {rd['evicted_per_s']:.0f} evictions/s "
-                                   f"({rd['maxmemory_policy']})", full, 1))
-    if snap.ttl:
-        h.evidence.append(Evidence("TTLs too short to be reused",
-                                   f"median TTL {snap.ttl['median_ttl_s']:.0f} s; {snap.ttl['short_ttl_share']:.0%} "
-                                   f"of sampled keys under {cache_dx.SHORT_TTL_S} s",
-                                   snap.ttl["short_ttl_share"] >= 0.5, 1))
-    if snap.key_patterns is not None and len(snap.key_patterns):
-        vol = snap.key_patterns[snap.key_patterns["volatile"] != ""]
-        share = float(vol["keys"].sum() / snap.key_patterns["keys"].sum())
-        h.evidence.append(Evidence("keys carry volatile parts (single-use keys)",
-                                   f"{share:.0%} of sampled keys ({', '.join(sorted(set(', '.join(vol['volatile']).split(', '))))})",
-                                   share >= 0.5, 2))
+    if snap.cache_findings:  # the same findings `runbook diagnose cache` reports (diagnose.cache_findings)
+        ratio = snap.cache_findings[0]
+        causes = [f for f in snap.cache_findings if f["weight"] and f["share"] is not None]
+        h.evidence.append(Evidence(ratio["check"], f"{ratio['observed']} (SLO {slo_hit:.0%})", bool(ratio["problem"]),
+                                   ratio["weight"]))
+        # single-use keys, short TTLs and evictions are alternative explanations: one that carries enough of the
+        # misses supports the hypothesis; the others are not evidence against it
+        found = [f for f in causes if f["problem"]]
+        h.evidence.append(Evidence(
+            "the misses have an identified cause",
+            "; ".join(f"{f['check']}: {f['share']:.0%} of {f['share_of']}" for f in found) if found else
+            "no key design, TTL or eviction finding carries >= "
+            f"{cache_findings.MISS_SHARE_MATTERS:.0%} of the misses", bool(found), 2))
     if snap.app_config:
         c = snap.app_config
         h.evidence.append(Evidence("app cache settings", f"TTL {c.get('cache_ttl_s')} s, key scheme "

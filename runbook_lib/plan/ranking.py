@@ -64,10 +64,12 @@ def _cache_values(cfg: dict, cache_plan: dict | None, redis: dict | None) -> tup
 
 def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config: dict | None,
             index_candidates: list[dict], redis: dict | None = None,
-            cache_plan: dict | None = None) -> list[PlannedAction]:
+            cache_plan: dict | None = None, cache_findings: list[dict] | None = None) -> list[PlannedAction]:
     """Actions for every supported hypothesis. ``index_candidates``: [{table, columns, reason}];
     ``redis``: the INFO deltas of the window (for the memory action's reason); ``cache_plan``: the
-    recommendation of ``plan.cache_sizing.recommend`` (TTL, maxmemory, policy sized from the evidence)."""
+    recommendation of ``plan.cache_sizing.recommend`` (TTL, maxmemory, policy sized from the evidence);
+    ``cache_findings``: ``diagnose.cache_findings.judge`` (with them, keys are normalized only when single-use
+    families carry enough of the misses to be a problem; without them, as the seed incident did)."""
     by = {h.category: h for h in hyps if not h.disproved}
     cfg = app_config or {}
     out: list[PlannedAction] = []
@@ -75,11 +77,17 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
         h = by["cache"]
         ttl, mem = _cache_values(cfg, cache_plan, redis)
         keys_id = app_config_action_id(["cache_key_scheme"])
-        out.append(PlannedAction(keys_id, "immediate",
-                                 "Normalize cache keys (drop timestamp and cache-buster parts)", "cache", "app.config",
-                                 {"cache_key_scheme": "normalized"}, _gain(h, 0.45), 0.25, "low",
-                                 "most sampled keys are single-use; normalized keys are reused across requests"))
-        deps = [keys_id]
+        single = next((f for f in cache_findings or [] if f["check"].startswith("single-use")), None)
+        deps = []
+        if cache_findings is None or (single and single["problem"]):
+            why = (f"single-use keys cause {single['share']:.0%} of the misses" if single
+                   else "most sampled keys are single-use")
+            out.append(PlannedAction(keys_id, "immediate",
+                                     "Normalize cache keys (drop timestamp and cache-buster parts)", "cache",
+                                     "app.config", {"cache_key_scheme": "normalized"},
+                                     _gain(h, single["share"] if single else 0.45), 0.25, "low",
+                                     why + "; normalized keys are reused across requests"))
+            deps.append(keys_id)
         if not ttl.get("unchanged"):
             deps.append(app_config_action_id(ttl["inputs"]))
             out.append(PlannedAction(deps[-1], "immediate", ttl["title"], "cache", "app.config", ttl["inputs"],
@@ -91,7 +99,7 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
                                      mem["reason"]))
         out.append(PlannedAction(cache_warm_action_id(WARM_TOP_N), "immediate", "Warm the most requested keys",
                                  "cache", "cache.warm", {"top_n": WARM_TOP_N}, _gain(h, 0.05), 0.5, "low",
-                                 "avoids a cold-cache stampede right after the key change", depends_on=deps))
+                                 "avoids a cold-cache stampede right after the cache changes", depends_on=deps))
     if "database" in by:
         h = by["database"]
         for c in index_candidates:

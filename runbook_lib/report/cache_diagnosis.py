@@ -12,10 +12,11 @@ from typing import Any
 
 import pandas as pd
 
+from runbook_lib.diagnose import cache_findings as cf
 from runbook_lib.diagnose import cache_keys as dx
+from runbook_lib.model import CacheSnapshot
 from runbook_lib.plan.cache_sizing import MAX_STALENESS_S, TARGET_HIT_RATIO, recommend
 from runbook_lib.plan.cache_warming import rank_keys
-from runbook_lib.sources.redis_snapshot import CacheSnapshot
 
 # The report lists this many patterns and expiry clusters; the JSON has them all.
 TOP_PATTERNS = 8
@@ -23,79 +24,45 @@ TOP_PATTERNS = 8
 WARM_CANDIDATES = 50
 
 
-def hypothesis_snapshots(snap: CacheSnapshot) -> dict[str, Any]:
-    """The cache fields of ``diagnose.hypotheses.Snapshots`` from a live snapshot:
-    ``Snapshots(**hypothesis_snapshots(snap), ...)``.
+def analyse(snap: CacheSnapshot, target: float = TARGET_HIT_RATIO, max_staleness_s: float = MAX_STALENESS_S,
+            sizing_target: float | None = None) -> dict[str, Any]:
+    """Every pure analysis of one snapshot: deltas, key families, findings (``diagnose.cache_findings``, judged
+    against ``target``), the recommendation (sized for ``sizing_target``, default ``target``). Notebook 02 and
+    ``runbook diagnose cache`` both start here."""
+    deltas = dx.window_deltas(snap.info_start, snap.info_end)
+    keys = snap.keys
+    misses_by_route = {r: v["misses"] for r, v in snap.app["by_route"].items()} if snap.app else None
+    design = dx.key_design(keys, misses_by_route, seen_keys=snap.seen_keys or None,
+                           gone_keys=snap.gone_keys or None, new_keys=snap.new_keys or None,
+                           window_s=deltas["seconds"])
+    ttl = dx.ttl_summary(keys) if len(keys) else None
+    clusters = dx.expiry_clusters(keys)
+    unordered = dx.unordered_params(keys["key"]) if len(keys) else dx.unordered_params([])
+    rec = recommend(snap.info_end, deltas, keys, snap.app_config, sizing_target or target, max_staleness_s,
+                    snap.seen_keys or None)
+    ws = rec["memory"]["working_set_bytes"] or None
+    found = cf.judge(deltas, design, snap.info_end, target, keys=keys, app=snap.app, clusters=clusters,
+                     unordered=unordered, working_set=ws)
+    rec["per_family"] = cf.per_family_recommendations(found, rec["ttl"].get("recommended_s"))
+    return {"deltas": deltas, "design": design, "ttl": ttl, "clusters": clusters, "unordered": unordered,
+            "recommendations": rec, "findings": found}
 
-    ``key_patterns`` is ``key_design`` (the columns of ``key_patterns`` and more): its ``volatile`` column
-    also recognises the lab's deciseconds timestamps, session ids and unordered parameters, which
-    ``key_pattern`` (kept unchanged for the recorded bundle) does not; the cache hypothesis reads only
-    ``volatile`` and ``keys``."""
-    return {"redis": dx.window_deltas(snap.info_start, snap.info_end),
-            "ttl": dx.ttl_summary(snap.keys) if len(snap.keys) else None,
-            "key_patterns": dx.key_design(snap.keys) if len(snap.keys) else None,
-            "app_config": snap.app_config}
 
-
-def findings(deltas: dict, snap: CacheSnapshot, ttl: dict | None, design: pd.DataFrame, clusters: dict,
-             unordered: pd.DataFrame, working_set: float | None, target: float) -> list[dict]:
-    """Every check with what was observed and whether it is a problem (in the order a reader fixes them)."""
-    out = []
-    hr = deltas["hit_ratio"]
-    out.append({"check": "Redis hit ratio over the window (INFO deltas)",
-                "observed": (f"{hr:.1%} ({deltas['hits']} hits, {deltas['misses']} misses in "
-                             f"{deltas['seconds']:.1f} s)") if deltas["lookups"] else "no lookups in the window",
-                "problem": bool(deltas["lookups"]) and hr < target,
-                "hint": f"target {target:.0%}; see key design, TTL and memory below"})
-    if snap.app:
-        a = snap.app
-        out.append({"check": "app hit ratio over the window (its own counters)",
-                    "observed": (f"{a['hit_ratio']:.1%} ({a['hits']:.0f} hits, {a['misses']:.0f} misses)"
-                                 if a["hits"] + a["misses"] else "no lookups in the window"),
-                    "problem": bool(a["hits"] + a["misses"]) and a["hit_ratio"] < target,
-                    "hint": "the app's view includes lookups Redis never saw (timeouts count as misses)"})
-    out.append({"check": "evictions", "observed": f"{deltas['evicted_per_s']:.1f} keys/s evicted",
-                "problem": deltas["evicted_per_s"] > 0, "hint": "keys are pushed out before they expire: memory"})
-    out.append({"check": "expirations", "observed": f"{deltas['expired_per_s']:.1f} keys/s expired",
-                "problem": False, "hint": "read together with the TTL distribution"})
-    out += dx.memory_findings(snap.info_end, snap.keys, working_set, deltas["evicted_per_s"])
-    if ttl and ttl["with_ttl"]:
-        out.append({"check": f"TTLs under {dx.SHORT_TTL_S} s",
-                    "observed": f"median TTL {ttl['median_ttl_s']:.0f} s; {ttl['short_ttl_share']:.0%} of "
-                                f"{ttl['with_ttl']} keys with a TTL are under {dx.SHORT_TTL_S} s; "
-                                f"{ttl['no_ttl']} without a TTL",
-                    "problem": ttl["short_ttl_share"] >= 0.5, "hint": "see the TTL recommendation"})
-    if len(design):
-        single = design.loc[design["single_use"]]
-        share = float(single["keys"].sum() / design["keys"].sum())
-        parts = sorted({p for v in single["volatile"] for p in v.split(", ") if p})
-        out.append({"check": "single-use keys (volatile key parts)",
-                    "observed": f"{share:.0%} of sampled keys" + (f" ({', '.join(parts)})" if parts else ""),
-                    "problem": share >= 0.5, "hint": "normalize keys: drop timestamps/ids, sort parameters"})
-    out.append({"check": "same parameters in different orders",
-                "observed": f"{len(unordered)} logical keys stored under several parameter orders",
-                "problem": bool(len(unordered)), "hint": "sort query parameters when building the key"})
-    out.append({"check": "expiry clustering",
-                "observed": (f"{clusters['clustered_keys']} sampled keys expire in {len(clusters['clusters'])} "
-                             f"crowded second(s); peak {clusters['peak_keys']} keys in one second")
-                if clusters["keys_with_ttl"] else "no keys with a TTL",
-                "problem": clusters["clustered"], "hint": "add random jitter to TTLs of keys written in bulk"})
-    return out
+def hypothesis_snapshots(snap: CacheSnapshot, target: float = TARGET_HIT_RATIO,
+                         sizing_target: float | None = None) -> dict[str, Any]:
+    """The cache fields of ``model.Snapshots`` from a live snapshot: ``Snapshots(**hypothesis_snapshots(snap))``
+    (the findings and the plan are the ones ``runbook diagnose cache`` reports on the same data)."""
+    a = analyse(snap, target, sizing_target=sizing_target)
+    return {"redis": a["deltas"], "ttl": a["ttl"], "key_patterns": a["design"], "keys": snap.keys,
+            "app_config": snap.app_config, "cache_findings": a["findings"], "cache_plan": a["recommendations"]}
 
 
 def build_report(snap: CacheSnapshot, target: float = TARGET_HIT_RATIO,
                  max_staleness_s: float = MAX_STALENESS_S) -> dict[str, Any]:
-    deltas = dx.window_deltas(snap.info_start, snap.info_end)
-    keys = snap.keys
-    misses_by_route = {r: v["misses"] for r, v in snap.app["by_route"].items()} if snap.app else None
-    design = dx.key_design(keys, misses_by_route)
-    ttl = dx.ttl_summary(keys) if len(keys) else None
-    clusters = dx.expiry_clusters(keys)
-    unordered = dx.unordered_params(keys["key"]) if len(keys) else dx.unordered_params([])
-    rec = recommend(snap.info_end, deltas, keys, snap.app_config, target, max_staleness_s, snap.seen_keys or None)
+    a = analyse(snap, target, max_staleness_s)
+    deltas, keys, design, ttl = a["deltas"], snap.keys, a["design"], a["ttl"]
     seen = pd.DataFrame({"key": snap.seen_keys}) if snap.seen_keys else keys
     popular = [{"key": i.key, "versions_seen": int(i.score)} for i in rank_keys(seen, WARM_CANDIDATES)]
-    ws = rec["memory"]["working_set_bytes"] or None
     ttl_hist = (keys.loc[keys["ttl_s"] >= 0, "ttl_s"].describe(percentiles=[0.1, 0.5, 0.9]).to_dict()
                 if ttl and ttl["with_ttl"] else {})
     report = {
@@ -110,13 +77,15 @@ def build_report(snap: CacheSnapshot, target: float = TARGET_HIT_RATIO,
                    "memory_bytes": float(keys["memory_bytes"].fillna(0).sum()) if len(keys) else 0.0},
         "ttl": {**(ttl or {}), "distribution": ttl_hist},
         "key_design": design.to_dict("records"),
-        "unordered_params": unordered.to_dict("records"),
-        "expiry": clusters,
+        "unordered_params": a["unordered"].to_dict("records"),
+        "expiry": a["clusters"],
         "warm_candidates": popular,
         "names_seen": len(snap.seen_keys),
-        "recommendations": rec,
+        "names_gone": len(snap.gone_keys),
+        "names_new": len(snap.new_keys),
+        "recommendations": a["recommendations"],
+        "findings": a["findings"],
     }
-    report["findings"] = findings(deltas, snap, ttl, design, clusters, unordered, ws, target)
     report["problems"] = [f["check"] for f in report["findings"] if f["problem"]]
     return clean(report)
 
@@ -160,13 +129,19 @@ def render_text(r: dict[str, Any]) -> str:
     lines.append("findings")
     for f in r["findings"]:
         lines.append(f"  {'!' if f['problem'] else ' '} {f['check']}: {f['observed']}")
+    if r.get("problems"):
+        lines.append(f"  (! = a problem: the cache misses its target and the cause carries >= "
+                     f"{cf.MISS_SHARE_MATTERS:.0%} of the misses)")
     if r["key_design"]:
         lines.append("")
-        lines.append("key patterns (sampled)              keys  share  logical  mem share  miss share  volatile")
-        for p in r["key_design"][:TOP_PATTERNS]:
+        lines.append("key families (by miss share)        keys  share  logical  mem share  miss share   TTL  gone  "
+                     "volatile")
+        fams = sorted(r["key_design"], key=lambda p: -(p["miss_share"] or 0.0))
+        for p in fams[:TOP_PATTERNS]:
             ms = "   ?" if p["miss_share"] is None else f"{p['miss_share']:>6.0%}"
+            ttl = "   -" if p["median_ttl_s"] is None else f"{p['median_ttl_s']:>4.0f}"
             lines.append(f"  {p['pattern'][:34]:<34} {p['keys']:>5} {p['key_share']:>6.0%} {p['logical_keys']:>8} "
-                         f"{p['memory_share']:>10.0%} {ms:>11}  {p['volatile'] or '-'}")
+                         f"{p['memory_share']:>10.0%} {ms:>11} {ttl:>5} {p['gone']:>5}  {p['volatile'] or '-'}")
         if len(r["key_design"]) > TOP_PATTERNS:
             lines.append(f"  ... {len(r['key_design']) - TOP_PATTERNS} more patterns (--json has them all)")
     rec = r["recommendations"]
@@ -179,6 +154,9 @@ def render_text(r: dict[str, Any]) -> str:
         lines.append(f"  {label}: {value if value is not None else 'unknown (kept)'}"
                      + (f" (now {now})" if now is not None and now != value else ""))
         lines += [f"      - {why}" for why in x["reasoning"]]
+    for fam in rec.get("per_family", []):
+        lines.append(f"  family {fam['pattern']}: {fam['do']}; removes up to {fam['removes_up_to']:.0%} of misses "
+                     f"({fam['why']})")
     if rec["actions"]:
         lines.append("  actions: " + "; ".join(f"{a['kind']} {a['inputs']}" for a in rec["actions"]))
     return "\n".join(lines)

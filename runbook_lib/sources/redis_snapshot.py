@@ -24,7 +24,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +31,7 @@ import pandas as pd
 import redis
 
 from runbook_lib.errors import AppMetricsError, CacheError, TargetUnreachable
+from runbook_lib.model import CacheSnapshot  # noqa: F401 - collect() returns it; callers import it from here too
 from runbook_lib.redaction import redact_text, redis_endpoint
 
 # INFO fields kept in a snapshot: the fixture's redis_info fields first, then what the report adds.
@@ -197,6 +197,23 @@ def scan_names(client: redis.Redis, limit: int, *, match: str | None = None, sca
     return names
 
 
+def gone_names(client: redis.Redis, names: list[str], batch: int = SCAN_COUNT * 10,
+               pause_s: float = SCAN_PAUSE_S) -> list[str]:
+    """The names that no longer exist (expired or evicted since they were seen): EXISTS, pipelined in
+    batches without a transaction, throttled like the sample. Read-only."""
+    gone: list[str] = []
+    for i in range(0, len(names), batch):
+        chunk = names[i:i + batch]
+        pipe = client.pipeline(transaction=False)
+        for n in chunk:
+            pipe.exists(n)
+        found = _call("EXISTS", pipe.execute)
+        gone += [n for n, there in zip(chunk, found, strict=True) if not there]
+        if pause_s:
+            time.sleep(pause_s)
+    return gone
+
+
 # --- the app's own cache metrics ------------------------------------------------------------------
 
 
@@ -256,23 +273,7 @@ def route_requests_from_prometheus(prom_url: str, window_s: float, selector: str
     return _by_label(prometheus_query(prom_url, f"sum by ({label}) (increase({metric}{selector}[{w}]))"), label)
 
 
-# --- one collection ---------------------------------------------------------------------------------
-
-
-@dataclass
-class CacheSnapshot:
-    """Everything one diagnosis reads: two INFO snapshots bounding the window, a key sample, and the
-    app's counters over the same window (when given)."""
-
-    endpoint: str
-    info_start: dict[str, Any]
-    info_end: dict[str, Any]
-    keys: pd.DataFrame
-    app: dict | None = None  # app_cache_deltas
-    app_config: dict | None = None
-    sample_seconds: float = 0.0
-    seen_keys: list[str] = field(default_factory=list)  # every name seen during the window and in the sample
-    notes: list[str] = field(default_factory=list)
+# --- one collection (a model.CacheSnapshot) ---------------------------------------------------------------------------------
 
 
 def collect(client: redis.Redis, endpoint: str, window_s: float = 10.0, sample_size: int = SAMPLE_SIZE, *,
@@ -286,6 +287,7 @@ def collect(client: redis.Redis, endpoint: str, window_s: float = 10.0, sample_s
     app_start = app_counters_from_metrics(app_metrics_urls) if app_metrics_urls else None
     start = info_snapshot(client)
     seen: dict[str, None] = {}
+    first_pass: set[str] | None = None  # names there when the window opened: the later ones were written in it
     deadline = time.monotonic() + window_s
     while True:
         left = deadline - time.monotonic()
@@ -293,13 +295,17 @@ def collect(client: redis.Redis, endpoint: str, window_s: float = 10.0, sample_s
             break
         if watch_every_s:
             if len(seen) < MAX_WATCHED_NAMES:
-                seen.update(dict.fromkeys(scan_names(client, min(sample_size, MAX_WATCHED_NAMES - len(seen)))))
+                names = scan_names(client, min(sample_size, MAX_WATCHED_NAMES - len(seen)))
+                if first_pass is None:
+                    first_pass = set(names)
+                seen.update(dict.fromkeys(names))
             left = deadline - time.monotonic()
             if left > 0:
                 wait(min(watch_every_s, left))
         else:
             wait(left)
     end = info_snapshot(client)
+    gone = gone_names(client, list(seen)) if seen else []
     app = None
     if app_metrics_urls:
         app = app_cache_deltas(app_start or {}, app_counters_from_metrics(app_metrics_urls))
@@ -309,4 +315,6 @@ def collect(client: redis.Redis, endpoint: str, window_s: float = 10.0, sample_s
     t0 = time.monotonic()
     keys = key_sample(client, sample_size)
     seen.update(dict.fromkeys(keys["key"]) if len(keys) else {})
-    return CacheSnapshot(endpoint, start, end, keys, app, app_config, round(time.monotonic() - t0, 3), list(seen))
+    new = [n for n in seen if first_pass is not None and n not in first_pass]
+    return CacheSnapshot(endpoint, start, end, keys, app, app_config, round(time.monotonic() - t0, 3), list(seen),
+                         gone, new)

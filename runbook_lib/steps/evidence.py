@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from runbook_lib.diagnose import cache_keys as cache_dx
 from runbook_lib.diagnose import index_candidates as ix_dx
 from runbook_lib.diagnose import statements as db_dx
 from runbook_lib.errors import RunbookError
-from runbook_lib.model import Snapshots
-from runbook_lib.plan.cache_sizing import recommend
+from runbook_lib.model import CacheSnapshot, Snapshots
 from runbook_lib.redaction import redact_text
+from runbook_lib.report import cache_diagnosis as cache_report
 from runbook_lib.settings import Postgres, Settings, resolve_path
 from runbook_lib.sources.app_config_file import read_app_config
 from runbook_lib.sources.fixture_bundle import FixtureSource
@@ -44,15 +43,8 @@ def _requests(signals: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> 
     return float(seg.mean() * (end - start).total_seconds()) if len(seg) else float("nan")
 
 
-def cache_plan(info_start: dict, info_end: dict, keys: pd.DataFrame, app_config: dict | None, target: float,
-               names: list[str] | None = None) -> dict:
-    """The measured cache recommendation (TTL, maxmemory, policy, key scheme), sized for ``target``
-    (``Slo.cache_sizing_target()``: the SLO's hit ratio plus a margin)."""
-    return recommend(info_end, cache_dx.window_deltas(info_start, info_end), keys, app_config, target=target,
-                     names=names)
-
-
-def from_bundle(source: FixtureSource, signals: pd.DataFrame, target: float) -> tuple[Snapshots, dict]:
+def from_bundle(source: FixtureSource, signals: pd.DataFrame, slo_hit: float,
+                sizing_target: float) -> tuple[Snapshots, dict]:
     b = source.bundle
     refs = b.manifest.snapshots
     start = pd.Timestamp(refs["pg_stat_statements.start"].taken_at)
@@ -64,14 +56,13 @@ def from_bundle(source: FixtureSource, signals: pd.DataFrame, target: float) -> 
         tables=db_dx.table_deltas(b.snapshot("pg_stat_user_tables.start"), b.snapshot("pg_stat_user_tables.end")),
         indexes=b.snapshot("pg_indexes"),
         activity=b.snapshot("pg_stat_activity"),
-        redis=cache_dx.info_deltas(b.snapshot("redis_info.start"), b.snapshot("redis_info.end")),
-        ttl=cache_dx.ttl_summary(b.snapshot("redis_keys")),
-        key_patterns=cache_dx.key_design(b.snapshot("redis_keys")),
-        keys=b.snapshot("redis_keys"),
-        app_config=b.snapshot("app_config") if b.has_snapshot("app_config") else None,
     )
-    snap.cache_plan = cache_plan(b.snapshot("redis_info.start"), b.snapshot("redis_info.end"), snap.keys,
-                                 snap.app_config, target)
+    # the recorded Redis evidence goes through the same analysis as a live one (and `runbook diagnose cache`)
+    cache = CacheSnapshot("fixture bundle", b.snapshot("redis_info.start"), b.snapshot("redis_info.end"),
+                          b.snapshot("redis_keys"),
+                          app_config=b.snapshot("app_config") if b.has_snapshot("app_config") else None)
+    for k, v in cache_report.hypothesis_snapshots(cache, slo_hit, sizing_target).items():
+        setattr(snap, k, v)
     meta = {"window": {"start": start.isoformat(), "end": end.isoformat()}, "requests": requests,
             "from": source.description, "missing": []}
     return snap, meta
@@ -90,7 +81,6 @@ def _postgres(settings: Settings, rate: float | None, window_s: float):
 
 
 def _redis(settings: Settings, window_s: float):
-    from runbook_lib.report import cache_diagnosis as report
     from runbook_lib.sources import redis_snapshot as collect
 
     client = collect.connect_settings(settings.redis)
@@ -99,9 +89,7 @@ def _redis(settings: Settings, window_s: float):
                                app_config=_app_config(settings))
     finally:
         client.close()
-    plan = cache_plan(snap.info_start, snap.info_end, snap.keys, snap.app_config,
-                      settings.slo.cache_sizing_target(), snap.seen_keys or None)
-    return {**report.hypothesis_snapshots(snap), "keys": snap.keys, "cache_plan": plan}
+    return cache_report.hypothesis_snapshots(snap, settings.slo.cache_hit_ratio, settings.slo.cache_sizing_target())
 
 
 def _app_config(settings: Settings) -> dict | None:
@@ -119,7 +107,7 @@ def gather(settings: Settings, source, signals: pd.DataFrame,
            window_s: float = LIVE_WINDOW_S) -> tuple[Snapshots, dict]:
     """Snapshots for the root-cause step, and a note of where they came from and what is missing."""
     if isinstance(source, FixtureSource):
-        return from_bundle(source, signals, settings.slo.cache_sizing_target())
+        return from_bundle(source, signals, settings.slo.cache_hit_ratio, settings.slo.cache_sizing_target())
     snap, meta = Snapshots(), {"window": None, "requests": None, "from": source.description, "missing": []}
     print(f"taking PostgreSQL and Redis snapshots {window_s:.0f} s apart ...", flush=True)
     jobs = {}

@@ -15,7 +15,7 @@ def impact(findings: dict) -> list[PlannedAction]:
     if findings.get("statements"):
         statements = pd.DataFrame(findings["statements"]).set_index("queryid")
     return ranking.propose(hyps, statements, findings.get("app_config"), findings.get("index_candidates", []),
-                             findings.get("redis"), findings.get("cache_plan"))
+                           findings.get("redis"), findings.get("cache_plan"), findings.get("cache_findings"))
 
 
 def impact_conclusion(actions: list[PlannedAction]) -> str:

@@ -52,6 +52,8 @@ def findings_payload(hyps: list[Hypothesis], candidates: list[dict], snap: Snaps
         out["redis"] = snap.redis
     if snap.cache_plan is not None:
         out["cache_plan"] = snap.cache_plan
+    if snap.cache_findings is not None:
+        out["cache_findings"] = snap.cache_findings
     return out
 
 
@@ -66,6 +68,8 @@ def cache_plan_lines(findings: dict) -> list[str]:
         value = f"{rec['recommended_s']:g} s" if part == "ttl" else str(rec["recommended"])
         out.append(f"{what}: {value}")
         out += [f"    {line}" for line in rec["reasoning"]]
+    for fam in plan.get("per_family", []):
+        out.append(f"family {fam['pattern']}: {fam['do']}; removes up to {fam['removes_up_to']:.0%} of misses")
     return out
 
 

@@ -240,7 +240,7 @@ def test_memory_findings_flag_each_misconfiguration():
 
 # --- live ---------------------------------------------------------------------------------------
 
-READ_ONLY_COMMANDS = {"info", "time", "dbsize", "scan", "type", "pttl", "memory|usage", "object|idletime", "ping",
+READ_ONLY_COMMANDS = {"info", "time", "dbsize", "scan", "exists", "type", "pttl", "memory|usage", "object|idletime", "ping",
                       "client|setinfo", "hello", "select"}
 
 
