@@ -18,6 +18,9 @@ from runbook_lib.signal_catalog import PRIMARY_SIGNAL
 
 # Pool "saturated" when in-use connections sit at >= 95% of the pool size for most of the incident.
 POOL_SATURATED_SHARE = 0.95
+# The pool is held (not just busy) when sessions idle in an open transaction take at least half of it: the
+# queries are then not what keeps the connections, and a longer acquire timeout would only queue requests.
+POOL_HELD_SHARE = 0.5
 # DB queries per HTTP request growing by more than this factor means work per request exploded
 # (not just more traffic).
 QUERIES_PER_REQUEST_GROWTH = 3.0
@@ -122,9 +125,22 @@ def application_hypothesis(t: pd.DataFrame, snap: Snapshots, series: pd.DataFram
     if snap.activity is not None:
         by = db_dx.activity_by_state(snap.activity)
         txt = ", ".join(f"{s}: {int(r.connections)}" for s, r in by.iterrows())
-        active = int(by.loc["active", "connections"]) if "active" in by.index else 0
         size = (snap.app_config or {}).get("db_pool_max") or (pool.incident if pool is not None else 0)
-        h.evidence.append(Evidence("backends busy (pg_stat_activity)", txt, bool(size and active >= size), 1))
+        holders = db_dx.idle_tx_holders(snap.activity)
+        held = int(holders["sessions"].sum()) if len(holders) else 0
+        active = int(by.loc["active", "connections"]) if "active" in by.index else 0
+        # connections are taken whether they run a query or sit in an open transaction
+        h.evidence.append(Evidence("backends busy or held (pg_stat_activity)", txt,
+                                   bool(size and active + held >= size), 1))
+        if held:
+            who = "; ".join(f"{r.sessions} from {r.application_name or '(no application_name)'} "
+                            f"({r.usename}@{r.client_addr}, idle up to {r.longest_idle_s:.0f} s, transaction open "
+                            f"{r.longest_xact_s:.0f} s)" for r in holders.head(3).itertuples())
+            share = held / size if size else 1.0
+            h.evidence.append(Evidence(
+                f"connections held idle in transaction (>= {db_dx.IDLE_TX_HOLD_S:.0f} s)",
+                f"{held} sessions = {share:.0%} of the pool of {size:.0f}: {who}" if size else f"{held} sessions: {who}",
+                share >= POOL_HELD_SHARE, 2))
     return h
 
 

@@ -85,6 +85,31 @@ def indexes_by_table(indexes: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
+# A session idle in an open transaction for this long is holding its connection, not pausing between two
+# statements: a web request's transaction lasts milliseconds, so 10 s is already two orders of magnitude out.
+IDLE_TX_HOLD_S = 10.0
+IDLE_TX_STATES = ("idle in transaction", "idle in transaction (aborted)")
+
+
+def idle_tx_holders(activity: pd.DataFrame | None, min_idle_s: float = IDLE_TX_HOLD_S) -> pd.DataFrame:
+    """Sessions holding a connection idle in an open transaction, grouped by who holds them: columns
+    application_name, usename, client_addr, sessions, longest_idle_s, longest_xact_s; most sessions first.
+    A recorded bundle without ``client_addr`` / ``usename`` groups them under ``?``."""
+    cols = ["application_name", "usename", "client_addr", "sessions", "longest_idle_s", "longest_xact_s"]
+    if activity is None or not len(activity) or "state" not in activity:
+        return pd.DataFrame(columns=cols)
+    a = activity.loc[activity["state"].isin(IDLE_TX_STATES) & (activity["duration_s"] >= min_idle_s)].copy()
+    if not len(a):
+        return pd.DataFrame(columns=cols)
+    for c in ("application_name", "usename", "client_addr"):
+        a[c] = a[c].fillna("?").astype(str) if c in a else "?"
+    if "xact_duration_s" not in a:
+        a["xact_duration_s"] = a["duration_s"]
+    g = a.groupby(["application_name", "usename", "client_addr"]).agg(
+        sessions=("state", "size"), longest_idle_s=("duration_s", "max"), longest_xact_s=("xact_duration_s", "max"))
+    return g.reset_index().sort_values(["sessions", "longest_idle_s"], ascending=False, ignore_index=True)[cols]
+
+
 def activity_by_state(activity: pd.DataFrame) -> pd.DataFrame:
     g = activity.groupby("state").agg(connections=("state", "size"), longest_s=("duration_s", "max"))
     return g.sort_values("connections", ascending=False)

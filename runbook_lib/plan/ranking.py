@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import pandas as pd
 
-from runbook_lib.diagnose.statements import n_plus_one
+from runbook_lib.diagnose.statements import IDLE_TX_HOLD_S, n_plus_one
 from runbook_lib.model import (
     Hypothesis,
     PlannedAction,
     app_config_action_id,
     cache_warm_action_id,
     index_action_id,
+    pg_setting_action_id,
+    pg_terminate_action_id,
     redis_config_action_id,
+    slug,
 )
 
 PHASE_ORDER = {"immediate": 0, "short-term": 1, "long-term": 2}
@@ -64,12 +67,15 @@ def _cache_values(cfg: dict, cache_plan: dict | None, redis: dict | None) -> tup
 
 def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config: dict | None,
             index_candidates: list[dict], redis: dict | None = None,
-            cache_plan: dict | None = None, cache_findings: list[dict] | None = None) -> list[PlannedAction]:
+            cache_plan: dict | None = None, cache_findings: list[dict] | None = None,
+            pool_holders: list[dict] | None = None) -> list[PlannedAction]:
     """Actions for every supported hypothesis. ``index_candidates``: [{table, columns, reason}];
     ``redis``: the INFO deltas of the window (for the memory action's reason); ``cache_plan``: the
     recommendation of ``plan.cache_sizing.recommend`` (TTL, maxmemory, policy sized from the evidence);
     ``cache_findings``: ``diagnose.cache_findings.judge`` (with them, keys are normalized only when single-use
-    families carry enough of the misses to be a problem; without them, as the seed incident did)."""
+    families carry enough of the misses to be a problem; without them, as the seed incident did);
+    ``pool_holders``: ``diagnose.statements.idle_tx_holders`` records (sessions holding pool connections idle in
+    an open transaction: terminated with approval and bounded by a timeout, the acquire timeout is not touched)."""
     by = {h.category: h for h in hyps if not h.disproved}
     cfg = app_config or {}
     out: list[PlannedAction] = []
@@ -118,13 +124,55 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
                                          "recommendation", {"queryid": int(qid), "query": row.query},
                                          _gain(h, 0.3), 8.0, "medium",
                                          f"{row.calls_per_request:.0f} calls per request", executable=False))
-    if "application" in by:
+    if "application" in by and pool_holders:
+        out += _release_held_connections(by["application"], pool_holders)
+    elif "application" in by:
         h = by["application"]
         out.append(PlannedAction(app_config_action_id(["db_pool_timeout_s"]), "short-term", "Size the DB pool from measured concurrency",
                                  "application", "app.config", {"db_pool_timeout_s": 2.0}, _gain(h, 0.1), 0.5,
                                  "medium", "pool waits turn into 5xx; a longer acquire timeout trades errors for "
                                  "latency until the queries are fast again"))
     return sorted(out, key=lambda a: (PHASE_ORDER[a.phase], -a.score, a.id))
+
+
+# The session timeout proposed for the role that leaves transactions open: long enough for any legitimate
+# interactive pause in a request path (seconds), short enough that a leaked transaction frees its connection
+# within a minute. PostgreSQL docs: idle_in_transaction_session_timeout "terminate any session that has been
+# idle ... within an open transaction for longer than the specified amount of time".
+IDLE_TX_TIMEOUT = "60s"
+
+
+def _release_held_connections(h: Hypothesis, holders: list[dict]) -> list[PlannedAction]:
+    """What an SRE does when sessions idle in transaction hold the pool: end them (with approval), bound them
+    with a timeout so they cannot come back, and find the leak in the code."""
+    top = holders[0]
+    app = top["application_name"] if top["application_name"] not in ("", "?") else None
+    role = top["usename"] if top["usename"] not in ("", "?") else None
+    held = sum(int(x["sessions"]) for x in holders)
+    who = f"{app or 'any application'}" + (f" as {role}" if role else "")
+    out = [PlannedAction(pg_terminate_action_id(app, role), "immediate",
+                         f"End the {top['sessions']} sessions of {who} idle in transaction", "application",
+                         "postgres.terminate_idle_sessions",
+                         {k: v for k, v in (("application_name", app), ("usename", role)) if v}
+                         | {"min_idle_s": IDLE_TX_HOLD_S},
+                         _gain(h, 0.6), 0.1, "high",
+                         f"{held} sessions hold pool connections in open transactions (longest idle "
+                         f"{top['longest_idle_s']:.0f} s); their transactions are rolled back, clients reconnect")]
+    scope = {"scope": "role", "scope_name": role} if role else {"scope": "system"}
+    out.append(PlannedAction(pg_setting_action_id("idle_in_transaction_session_timeout", **scope), "immediate",
+                             f"Bound idle transactions to {IDLE_TX_TIMEOUT}"
+                             + (f" for role {role}" if role else " server-wide"), "application",
+                             "postgres.set_parameter",
+                             {"name": "idle_in_transaction_session_timeout", "value": IDLE_TX_TIMEOUT, **scope},
+                             _gain(h, 0.2), 0.25, "medium",
+                             "new sessions that leave a transaction open lose it after the timeout instead of "
+                             "holding a connection (applies to new sessions of the role; reversible)"))
+    out.append(PlannedAction(f"fix-pool-leak-{slug(app or role or 'app')}", "long-term",
+                             f"Find the code path of {who} that leaves transactions open", "application",
+                             "recommendation", {"application_name": app, "usename": role}, _gain(h, 0.2), 4.0,
+                             "low", "check every connection checkout is returned (commit/rollback in a finally); "
+                             "enable the pool's leak detection", executable=False))
+    return out
 
 
 def actions_frame(actions: list[PlannedAction]) -> pd.DataFrame:

@@ -53,7 +53,7 @@ STATIO_COLUMNS = ["relname", "heap_blks_read", "heap_blks_hit", "idx_blks_read",
 INDEX_COLUMNS = ["tablename", "indexname", "indexdef", "valid", "columns", "method", "partial", "unique",
                  "size_bytes", "idx_scan"]
 ACTIVITY_COLUMNS = ["pid", "datname", "usename", "application_name", "state", "wait_event_type", "wait_event",
-                    "duration_s", "xact_duration_s", "query"]
+                    "duration_s", "xact_duration_s", "query", "client_addr"]
 
 
 def _version(v: str) -> tuple[int, ...]:
@@ -270,7 +270,7 @@ def read_indexes(conn: psycopg.Connection) -> pd.DataFrame:
 _ACTIVITY_SQL = """
 SELECT pid, datname, usename, application_name, coalesce(state, 'unknown'), wait_event_type, wait_event,
        extract(epoch FROM now() - CASE WHEN state = 'active' THEN query_start ELSE state_change END)::float8,
-       extract(epoch FROM now() - xact_start)::float8, query
+       extract(epoch FROM now() - xact_start)::float8, query, coalesce(host(client_addr), 'local')
 FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
 """

@@ -15,7 +15,8 @@ def impact(findings: dict) -> list[PlannedAction]:
     if findings.get("statements"):
         statements = pd.DataFrame(findings["statements"]).set_index("queryid")
     return ranking.propose(hyps, statements, findings.get("app_config"), findings.get("index_candidates", []),
-                           findings.get("redis"), findings.get("cache_plan"), findings.get("cache_findings"))
+                           findings.get("redis"), findings.get("cache_plan"), findings.get("cache_findings"),
+                           findings.get("pool_holders"))
 
 
 def impact_conclusion(actions: list[PlannedAction]) -> str:

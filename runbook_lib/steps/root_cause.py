@@ -13,6 +13,7 @@ from runbook_lib.diagnose.hypotheses import (  # noqa: F401 - 02 shows them; 03 
     hypotheses_frame,
     hypotheses_from_json,
 )
+from runbook_lib.diagnose.statements import idle_tx_holders
 from runbook_lib.model import Hypothesis, Snapshots
 from runbook_lib.steps.evidence import gather, index_candidates  # noqa: F401 - 02 calls them
 from runbook_lib.steps.formatting import records
@@ -54,6 +55,8 @@ def findings_payload(hyps: list[Hypothesis], candidates: list[dict], snap: Snaps
         out["cache_plan"] = snap.cache_plan
     if snap.cache_findings is not None:
         out["cache_findings"] = snap.cache_findings
+    if snap.activity is not None:
+        out["pool_holders"] = idle_tx_holders(snap.activity).to_dict("records")
     return out
 
 

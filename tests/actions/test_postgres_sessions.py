@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 import uuid
 
 import psycopg
@@ -38,7 +37,10 @@ from tests.support.actions_support import (
     assert_no_secret,
     audit_lines,
     make_settings,
+    open_sessions,
+    poll,
     steps,
+    wait_idle_in_transaction,
 )
 
 pytestmark = pytest.mark.slow
@@ -54,50 +56,6 @@ HOSTILE_SETTING = "statement_timeout=45s"
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-
-
-def _poll(check, what: str, timeout: float = DEADLINE_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def open_sessions(dsn: str, n: int, application_name: str, *, in_transaction: bool = True,
-                  query: str = "SELECT 1"):
-    """``n`` real sessions: BEGIN + a SELECT, then idle in transaction (or just idle); closed afterwards."""
-    conns: list[psycopg.Connection] = []
-    try:
-        for _ in range(n):
-            c = psycopg.connect(dsn, autocommit=True, application_name=application_name, connect_timeout=10)
-            conns.append(c)
-            if in_transaction:
-                c.execute("BEGIN")
-            c.execute(query)
-        yield conns
-    finally:
-        for c in conns:
-            with contextlib.suppress(psycopg.Error):
-                c.close()
-
-
-def wait_idle_in_transaction(dsn: str, conns: list[psycopg.Connection], older_than_s: float) -> None:
-    """Until every session has sat idle in transaction for longer than ``older_than_s`` (bounded)."""
-    pids = [c.info.backend_pid for c in conns]
-
-    def old_enough():
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            return admin.execute(
-                "SELECT count(*) = %s FROM pg_stat_activity WHERE pid = ANY(%s) "
-                "AND state = 'idle in transaction' AND state_change < now() - make_interval(secs => %s)",
-                (len(pids), pids, older_than_s + 0.1)).fetchone()[0]
-
-    _poll(old_enough, f"{len(pids)} sessions idle in transaction for {older_than_s} s")
 
 
 def live_pids(dsn: str) -> set[int]:
@@ -143,7 +101,7 @@ def new_session_setting(dsn: str, name: str) -> int:
 
 
 def wait_new_session_setting(dsn: str, name: str, ms: int) -> None:
-    _poll(lambda: new_session_setting(dsn, name) == ms, f"new sessions to see {name} = {ms} ms")
+    poll(lambda: new_session_setting(dsn, name) == ms, f"new sessions to see {name} = {ms} ms")
 
 
 def role_settings(dsn: str, role: str) -> list[str] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -106,3 +107,52 @@ def assert_no_secret(run_dir: Path, *texts: str) -> None:
             assert PLANTED not in f.read_text(errors="replace"), f"secret leaked into {f.name}"
     for t in texts:
         assert PLANTED not in t
+
+
+# --- real sessions that hold connections (pool tests) ---
+
+SESSION_DEADLINE_S = 15.0
+
+
+def poll(check, what: str, timeout: float = SESSION_DEADLINE_S):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def open_sessions(dsn: str, n: int, application_name: str, *, in_transaction: bool = True,
+                  query: str = "SELECT 1"):
+    """``n`` real sessions: BEGIN + a SELECT, then idle in transaction (or just idle); closed afterwards."""
+    conns: list[psycopg.Connection] = []
+    try:
+        for _ in range(n):
+            c = psycopg.connect(dsn, autocommit=True, application_name=application_name, connect_timeout=10)
+            conns.append(c)
+            if in_transaction:
+                c.execute("BEGIN")
+            c.execute(query)
+        yield conns
+    finally:
+        for c in conns:
+            with contextlib.suppress(psycopg.Error):
+                c.close()
+
+
+def wait_idle_in_transaction(dsn: str, conns: list[psycopg.Connection], older_than_s: float) -> None:
+    """Until every session has sat idle in transaction for longer than ``older_than_s`` (bounded)."""
+    pids = [c.info.backend_pid for c in conns]
+
+    def old_enough():
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            return admin.execute(
+                "SELECT count(*) = %s FROM pg_stat_activity WHERE pid = ANY(%s) "
+                "AND state = 'idle in transaction' AND state_change < now() - make_interval(secs => %s)",
+                (len(pids), pids, older_than_s + 0.1)).fetchone()[0]
+
+    poll(old_enough, f"{len(pids)} sessions idle in transaction for {older_than_s} s")
