@@ -103,6 +103,15 @@ class NoIncidentFound(RunbookError):
     hint = "widen the window (parameters: window.start/end or window.last) so it includes the incident and a baseline"
 
 
+class NoLevelChange(NoIncidentFound):
+    """The primary signal kept one level over the whole window (``level``: its median). Within the SLO this is
+    an answer (a healthy window), not a failure: 01 says so and the suite stops there."""
+
+    def __init__(self, message: str, level: float):
+        super().__init__(message)
+        self.level = level
+
+
 # --- report ---------------------------------------------------------------------------------------
 
 

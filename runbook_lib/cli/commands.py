@@ -32,12 +32,21 @@ PLUGIN_GROUP = "runbook.commands"
 # and ``runbook --help`` or ``runbook lab status`` should not wait for them.
 
 
+# `runbook run` on a window without an incident: not an error (2), not a success with findings (0).
+EXIT_NO_INCIDENT = 3
+
+
 def _cmd_run(args) -> int:
-    from runbook_lib.suite.runner import run_suite
+    from runbook_lib.run_folder import run_status
+    from runbook_lib.suite.runner import HEALTHY, run_suite
 
     run_dir = run_suite(Path(args.parameters), out=Path(args.out) if args.out else None,
                         export=not args.no_export, only=args.only)
     print(run_dir)
+    state = run_status(run_dir)
+    if state.get("status") == HEALTHY:
+        print(f"no incident: {state.get('finding')}", file=sys.stderr)
+        return EXIT_NO_INCIDENT
     return 0
 
 
@@ -75,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"runbook {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    r = sub.add_parser("run", help="run the five notebooks in order into a new run folder, then export")
+    r = sub.add_parser("run", help="run the five notebooks in order into a new run folder, then export",
+                       epilog="exit status: 0 the suite ran; 2 an error (one line, with a hint); 3 no incident in "
+                              "the window (p95 at one level within its SLO: 01 says so and the suite stops); "
+                              "130 interrupted")
     r.add_argument("-p", "--parameters", default="parameters/fixtures.yaml",
                    help="parameters file (default: %(default)s, the bundled fixture incident)")
     r.add_argument("--out", help="run folder to create (default: runs/<incident>/<UTC timestamp>)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from runbook_lib.errors import NoIncidentFound
+from runbook_lib.errors import NoIncidentFound, NoLevelChange
 from runbook_lib.model import IncidentWindow
 
 # A level change smaller than this (as a ratio of segment means) is noise, not an incident.
@@ -83,8 +83,8 @@ def find_incident_window(series: pd.Series, higher_is_worse: bool = True) -> Inc
     levels = [float(np.median(s.iloc[a:b])) for a, b in pairs]
     spans = [(s.index[a], s.index[b - 1]) for a, b in pairs]
     if len(levels) == 1:
-        raise NoIncidentFound(f"{series.name} has no level change of {MIN_LEVEL_RATIO:g}x or more in the window "
-                              f"(median {levels[0]:.3g})")
+        raise NoLevelChange(f"{series.name} has no level change of {MIN_LEVEL_RATIO:g}x or more in the window "
+                            f"(median {levels[0]:.3g})", levels[0])
     worst = int(np.argmax(levels) if higher_is_worse else np.argmin(levels))
     if worst == 0:
         raise NoIncidentFound(f"{series.name} is worst at the start of the window: no baseline before the incident")

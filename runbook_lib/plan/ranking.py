@@ -175,8 +175,12 @@ def _release_held_connections(h: Hypothesis, holders: list[dict]) -> list[Planne
     return out
 
 
+ACTION_COLUMNS = ["phase", "action", "cause", "expected gain", "effort (h)", "risk", "score", "executor", "why"]
+
+
 def actions_frame(actions: list[PlannedAction]) -> pd.DataFrame:
-    return pd.DataFrame([{"phase": a.phase, "action": a.title, "cause": a.cause, "expected gain": a.expected_gain,
+    """The plan table (03): one row per action, the columns there even when nothing is proposed."""
+    return pd.DataFrame(columns=ACTION_COLUMNS, index=pd.Index([], name="id")) if not actions else pd.DataFrame([{"phase": a.phase, "action": a.title, "cause": a.cause, "expected gain": a.expected_gain,
                           "effort (h)": a.effort_hours, "risk": a.risk, "score": a.score,
                           "executor": a.kind, "why": a.reason} for a in actions],
                         index=pd.Index([a.id for a in actions], name="id"))

@@ -37,6 +37,8 @@ def build_blocks(run_dir: Path) -> list[tuple]:
     findings, plan = _load(run_dir, "findings.json"), _load(run_dir, "plan.json")
     remediation, validation = _load(run_dir, "remediation.json"), _load(run_dir, "validation.json")
     status = run_status(run_dir)
+    if symptoms.get("healthy"):
+        return _healthy_blocks(run_dir, symptoms, status)
     w = symptoms["window"]
     b: list[tuple] = [("h", 1, f"Postmortem: {status.get('incident', 'incident')}")]
     b.append(("p", f"Run {run_dir.name} · {status.get('mode', '?')} mode · {len(status.get('notebooks', []))} notebooks executed · "
@@ -107,6 +109,17 @@ def build_blocks(run_dir: Path) -> list[tuple]:
     recs = [a for a in (plan or {}).get("actions", []) if not a.get("executable", True)]
     b.append(("ul", [f"{a['title']} ({a['reason']})" for a in recs] or ["none proposed"]))
     return b
+
+
+def _healthy_blocks(run_dir: Path, symptoms: dict, status: dict) -> list[tuple]:
+    """A window without an incident: the finding and the levels that show it, nothing else to report."""
+    levels = pd.DataFrame(symptoms.get("levels", [])).set_index("signal").round(3) if symptoms.get("levels") \
+        else pd.DataFrame()
+    return [("h", 1, f"Postmortem: {status.get('incident', 'incident')}"),
+            ("p", f"Run {run_dir.name} · {status.get('mode', '?')} mode · parameters {status.get('parameters', '?')}"),
+            ("h", 2, "Summary"),
+            ("p", f"No incident in this window: {symptoms['finding']}. Nothing was diagnosed, planned or changed."),
+            ("h", 2, "Signal levels over the window"), ("table", levels)]
 
 
 def _md_cell(v) -> str:

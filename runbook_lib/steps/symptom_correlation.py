@@ -12,6 +12,7 @@ import pandas as pd
 
 from runbook_lib.diagnose.incident_window import find_incident_window
 from runbook_lib.diagnose.symptoms import first_movers, symptom_table
+from runbook_lib.errors import NoLevelChange
 from runbook_lib.model import IncidentWindow
 from runbook_lib.signal_catalog import CATALOG, PRIMARY_SIGNAL
 from runbook_lib.steps.formatting import fmt, records
@@ -19,19 +20,39 @@ from runbook_lib.steps.formatting import fmt, records
 
 @dataclass
 class Symptoms:
-    """What 01 found: the window, the full symptom table, the table to show, and symptoms.json."""
+    """What 01 found: the window, the full symptom table, the table to show, and symptoms.json. A healthy
+    window (p95 at one level, within its SLO) has no incident window: ``window`` is None, ``healthy`` says why."""
 
-    window: IncidentWindow
+    window: IncidentWindow | None
     table: pd.DataFrame
     display: pd.DataFrame
     payload: dict
+    healthy: str | None = None
 
     def spans(self) -> dict:
         """The windows to shade on the charts."""
+        if self.window is None:
+            return {}
         return {"baseline": self.window.baseline, "incident": self.window.incident, "recovery": self.window.recovery}
 
+    def lead(self) -> pd.DataFrame:
+        """Seconds each signal moved before p95 (the lead-lag chart's data; empty on a healthy window)."""
+        if self.window is None:
+            return pd.DataFrame(columns=["signal", "leads_primary_by_s"])
+        return self.table.dropna(subset=["leads_primary_by_s"]).reset_index()
 
-def window_frame(win: IncidentWindow) -> pd.DataFrame:
+    def conclusion(self) -> str:
+        if self.window is None:
+            return (f"**Concluded.** No incident in this window: {self.healthy}. There is nothing to diagnose or "
+                    "change; the suite stops after this notebook (`runbook run` exits with status 3). If you "
+                    "expected an incident here, widen the window so it includes it and a baseline.")
+        return symptoms_conclusion(self.window, self.table)
+
+
+def window_frame(win: IncidentWindow | None) -> pd.DataFrame:
+    if win is None:
+        return pd.DataFrame([{"window": "incident", "start (UTC)": "-", "end (UTC)": "-", "minutes": 0}]).set_index(
+            "window")
     rows = []
     for name, span, level in (("baseline", win.baseline, win.baseline_level),
                               ("incident", win.incident, win.incident_level),
@@ -45,9 +66,16 @@ def window_frame(win: IncidentWindow) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("window")
 
 
-def symptoms(df: pd.DataFrame, step_seconds: int) -> Symptoms:
-    """The incident window and the symptom table for 01."""
-    win = find_incident_window(df[PRIMARY_SIGNAL], CATALOG[PRIMARY_SIGNAL].higher_is_worse)
+def symptoms(df: pd.DataFrame, step_seconds: int, slo_p95_ms: float | None = None) -> Symptoms:
+    """The incident window and the symptom table for 01. With the p95 SLO, a window whose p95 stays at one
+    level within the SLO is a healthy window (an answer, not an error); above the SLO all along there is no
+    baseline to compare with, which stays an error (NoIncidentFound)."""
+    try:
+        win = find_incident_window(df[PRIMARY_SIGNAL], CATALOG[PRIMARY_SIGNAL].higher_is_worse)
+    except NoLevelChange as e:
+        if slo_p95_ms is None or e.level > slo_p95_ms:
+            raise
+        return _healthy(df, e.level, slo_p95_ms, step_seconds)
     table = symptom_table(df, win, step_seconds)
     display = pd.DataFrame({
         "signal": [CATALOG[s].label for s in table.index],
@@ -64,6 +92,23 @@ def symptoms(df: pd.DataFrame, step_seconds: int) -> Symptoms:
     payload = {"window": win.as_dict(), "step_seconds": step_seconds, "first_movers": first_movers(table),
                "signals": records(table)}
     return Symptoms(win, table, display, payload)
+
+
+def _healthy(df: pd.DataFrame, level: float, slo_p95_ms: float, step_seconds: int) -> Symptoms:
+    why = (f"{CATALOG[PRIMARY_SIGNAL].label} stayed at one level, median {level:.0f} ms, within its SLO of "
+           f"{slo_p95_ms:.0f} ms")
+    rows = [{"signal": name, "label": CATALOG[name].label if name in CATALOG else name,
+             "median": float(df[name].median()), "max": float(df[name].max())}
+            for name in df.columns if df[name].notna().any()]
+    display = pd.DataFrame({"signal": [r["label"] for r in rows],
+                            "median": [fmt(r["median"], CATALOG[r["signal"]].unit) if r["signal"] in CATALOG
+                                       else f"{r['median']:.3g}" for r in rows],
+                            "max": [fmt(r["max"], CATALOG[r["signal"]].unit) if r["signal"] in CATALOG
+                                    else f"{r['max']:.3g}" for r in rows]},
+                           index=pd.Index([r["signal"] for r in rows], name="signal"))
+    payload = {"healthy": True, "finding": why, "step_seconds": step_seconds, "window": None,
+               "levels": [{k: r[k] for k in ("signal", "median", "max")} for r in rows]}
+    return Symptoms(None, pd.DataFrame(), display, payload, healthy=why)
 
 
 def symptoms_conclusion(win: IncidentWindow, table: pd.DataFrame) -> str:

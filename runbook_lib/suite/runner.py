@@ -12,6 +12,7 @@ attempt under ``attempts``. The folder is locked while a run writes it.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -28,6 +29,8 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
+from runbook_lib import errors
+from runbook_lib.actions import action_errors
 from runbook_lib.errors import NotebookFailed, RunbookError, SettingsError, UnknownSignalError
 from runbook_lib.report.postmortem import export_run
 from runbook_lib.run_folder import (
@@ -52,6 +55,19 @@ KERNEL_START_TIMEOUT_S = 60
 LOCK_FILE = ".run.lock"
 # What an earlier attempt in the same folder leaves in run.json's history.
 ATTEMPT_FIELDS = ("status", "started_at", "finished_at", "requested", "notebooks", "failure", "interruption")
+
+
+# The final status of a run whose window holds no incident (01 found p95 at one level within its SLO).
+HEALTHY = "healthy"
+
+
+def _healthy_window(run_dir: Path) -> str | None:
+    """01's finding when its window was healthy (symptoms.json ``healthy``), else None."""
+    try:
+        symptoms = json.loads((run_dir / "symptoms.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return symptoms.get("finding") if symptoms.get("healthy") else None
 
 
 def notebooks_dir() -> Path:
@@ -108,6 +124,15 @@ def select(only: list[str] | None) -> list[str]:
     if unknown:
         raise RunbookError(f"unknown notebook {unknown[0]!r}", hint=f"choose from {', '.join(NOTEBOOKS)}")
     return chosen
+
+
+def _hint_of(ename: str) -> str | None:
+    """The hint of the runbook's own error raised in a notebook (by its class name), so the command line says
+    what to do, not only where to look."""
+    cls = getattr(errors, ename, None) or getattr(action_errors, ename, None)
+    if isinstance(cls, type) and issubclass(cls, RunbookError) and cls.hint:
+        return f"{cls.hint} (the executed notebook shows the cell and the traceback)"
+    return None
 
 
 def _failed_cell(output: Path, err: PapermillExecutionError) -> str:
@@ -238,7 +263,7 @@ def _run(run_dir: Path, parameters: Path, settings: Settings, source: SignalSour
             update_run_status(run_dir, status="failed", notebooks=done,
                               failure={"notebook": name, "cell": where, "error": f"{err.ename}: {cause}"})
             raise NotebookFailed(f"{name}.ipynb failed in {where}: {err.ename}: {cause} "
-                                 f"(executed notebook: {display_path(output)})") from None
+                                 f"(executed notebook: {display_path(output)})", hint=_hint_of(err.ename)) from None
         except (KeyboardInterrupt, _Terminated) as err:
             sig = "SIGINT" if isinstance(err, KeyboardInterrupt) else "SIGTERM"
             update_run_status(run_dir, status="interrupted", notebooks=done, finished_at=utc_now().isoformat(),
@@ -252,6 +277,15 @@ def _run(run_dir: Path, parameters: Path, settings: Settings, source: SignalSour
         done.append({"notebook": name, "seconds": round(secs, 1)})
         update_run_status(run_dir, notebooks=done)
         _say(f"[{i}/{len(chosen)}] {name} ok ({secs:.1f} s)")
+        healthy = _healthy_window(run_dir) if name == NOTEBOOKS[0] else None
+        if healthy:  # an answer, not a failure: nothing to diagnose, change or validate
+            _say(f"no incident in the window: {healthy}; the remaining notebooks have nothing to work on")
+            update_run_status(run_dir, status=HEALTHY, current=None, finished_at=utc_now().isoformat(),
+                              finding=healthy)
+            if export:
+                for path in export_run(run_dir):
+                    _say(f"exported {display_path(path)}")
+            return run_dir
     whole = len(done) == len(NOTEBOOKS)
     if not whole:  # final already: the postmortem of a subset says it is one
         update_run_status(run_dir, status="partial", current=None, finished_at=utc_now().isoformat())

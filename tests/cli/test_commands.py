@@ -74,13 +74,14 @@ def test_a_failing_notebook_is_named_with_its_cell_and_the_run_is_not_complete(t
     bundle = tmp_path / "flat"
     shutil.copytree(BUNDLE, bundle)
     df = pd.read_csv(bundle / "signals.csv")
-    df["latency_p95_ms"] = 40.0  # no incident in the data
+    df["latency_p95_ms"] = 400.0  # one level, above the 100 ms SLO all along: no baseline to compare with
     df.to_csv(bundle / "signals.csv", index=False)
     out = tmp_path / "run"
     r = run_cli("run", "-p", str(params(tmp_path, bundle)), "--out", str(out))
     assert r.returncode == 2
     err = error_line(r.stderr)
-    assert "01_symptom_correlation.ipynb failed in cell 'detect-window'" in err and "NoIncidentFound" in err
+    assert "01_symptom_correlation.ipynb failed in cell 'detect-window'" in err and "NoLevelChange" in err
+    assert "hint: widen the window" in r.stderr  # the notebook's own error says what to do
     status = json.loads((out / "run.json").read_text())
     assert status["status"] == "failed" and status["failure"]["notebook"] == "01_symptom_correlation"
     assert not (out / "02_root_cause.ipynb").exists()
@@ -166,3 +167,24 @@ def test_check_reaches_the_evidence_servers_in_lab_and_live_mode(tmp_path, capsy
     assert error_line(capsys.readouterr().err).startswith("error: cannot reach redis://127.0.0.1:1/0")
     p.write_text(base)  # fixture mode reads the bundle's snapshots: the servers are not contacted
     assert main(["check", "-p", str(p)]) == 0
+
+
+def test_a_healthy_window_is_an_answer_with_its_own_exit_status(tmp_path):
+    # the bundle after its recovery: p95 at one level (~9 ms), well within the 100 ms SLO
+    p = params(tmp_path, extra="window: {start: '2026-11-29T11:50:00Z', end: '2026-11-29T12:03:30Z'}\n"
+                               "slo: {latency_p95_ms: 100}\n")
+    r = run_cli("run", "-p", str(p), "--out", str(tmp_path / "run"))
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "no incident: API latency p95 stayed at one level" in r.stderr and "Traceback" not in r.stderr
+    run = tmp_path / "run"
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "healthy" and [n["notebook"] for n in state["notebooks"]] == ["01_symptom_correlation"]
+    assert json.loads((run / "symptoms.json").read_text())["healthy"] is True
+    assert not (run / "findings.json").exists() and not (run / "plan.json").exists()  # nothing diagnosed or planned
+    post = (run / "postmortem.md").read_text()
+    assert "No incident in this window" in post and "INCOMPLETE" not in post
+    # the same p95 above its SLO all along is no baseline, not health: an error naming the fix
+    p = params(tmp_path, extra="window: {start: '2026-11-29T11:50:00Z', end: '2026-11-29T12:03:30Z'}\n"
+                               "slo: {latency_p95_ms: 5}\n")
+    r = run_cli("run", "-p", str(p), "--out", str(tmp_path / "run2"))
+    assert r.returncode == 2 and "no level change" in r.stderr and "hint: widen the window" in r.stderr

@@ -13,13 +13,10 @@ from runbook_lib.diagnose.hypotheses import application_hypothesis
 from runbook_lib.model import Snapshots
 from runbook_lib.plan.ranking import propose
 from runbook_lib.sources.pg_statistics import read_activity
-from tests.support.actions_support import (  # noqa: F401 - pg_dsn is a fixture
-    make_settings,
-    open_sessions,
-    pg_dsn,
-    steps,
-    wait_idle_in_transaction,
-)
+from tests.support import actions_support
+from tests.support.actions_support import make_settings, open_sessions, steps, wait_idle_in_transaction
+
+pg_dsn = actions_support.pg_dsn  # the fixture: a fresh database per test
 
 POOL = 10
 LEAKY = "nightly-export"

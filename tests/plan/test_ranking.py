@@ -2,7 +2,7 @@
 
 from runbook_lib.actions import CreateIndex, build_action
 from runbook_lib.model import Evidence, Hypothesis
-from runbook_lib.plan.ranking import propose
+from runbook_lib.plan.ranking import actions_frame, propose
 
 HOSTILE = 'orders"; DROP TABLE users; --'
 
@@ -40,3 +40,13 @@ def test_every_executable_action_has_its_executors_id():
 
 def test_a_healthy_control_proposes_nothing():
     assert propose([], None, None, [], None, None) == []
+
+
+def test_nothing_to_do_is_an_empty_table_with_its_columns_and_a_chart():
+    from runbook_lib.report import charts
+    from runbook_lib.steps.impact_assessment import impact_conclusion
+
+    frame = actions_frame([])
+    assert list(frame.columns)[:7] == ["phase", "action", "cause", "expected gain", "effort (h)", "risk", "score"]
+    charts.bar(frame.reset_index(), "id", "score", "scores")  # 03's chart cell on an empty plan
+    assert "Nothing to do" in impact_conclusion([])
