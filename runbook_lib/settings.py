@@ -221,16 +221,43 @@ class Slo(_Model):
 class App(_Model):
     """The application under repair, for the ``app.config`` and ``cache.warm`` actions and the evidence.
 
-    ``config_file``: a JSON object of the app's knobs that the app re-reads (a mounted ConfigMap, the lab's
-    config.json); ``base_url``: where cache warming fetches the pages that fill keys."""
+    Where its knobs live (``app.config`` changes them there; the first one given wins unless ``config_via``
+    says which): ``config_file``, a JSON object of knobs the app re-reads (a file on this host or a mounted
+    volume, the lab's config.json); ``admin_url``, an HTTP admin endpoint answering GET with the knobs as a
+    JSON object and accepting a PATCH with a JSON merge body (``admin_token``: its bearer token, a secret
+    reference); ``configmap``, a Kubernetes ConfigMap ``namespace/name`` (planned only: no cluster here).
+    ``base_url``: where cache warming fetches the pages that fill keys; ``warm_routes``: which page fills which
+    key family (``{"api:users:{id}": "/users/{id}"}``; without it, the lab's key scheme)."""
 
     config_file: str | None = Field(None, description="JSON file of the app's knobs; ${NAME:-default} allowed")
+    admin_url: str | None = Field(None, description="HTTP admin endpoint of the app's knobs (GET/PATCH JSON)")
+    admin_token: SecretRef | None = None
+    configmap: str | None = Field(None, description="namespace/name of the ConfigMap holding the knobs")
+    config_via: Literal["file", "http", "configmap"] | None = None
     base_url: str | None = Field(None, description="the app's base URL, e.g. http://127.0.0.1:18080")
+    warm_routes: dict[str, str] | None = Field(None, description="key family -> path that fills it")
 
-    @field_validator("base_url")
+    @field_validator("base_url", "admin_url")
     @classmethod
     def _no_inline_credentials(cls, v: str | None) -> str | None:
         return v if v is None else _refuse_inline_password(v, "a header the app accepts")
+
+    @model_validator(mode="after")
+    def _via_has_its_target(self):
+        need = {"file": self.config_file, "http": self.admin_url, "configmap": self.configmap}
+        if self.config_via and not need[self.config_via]:
+            field = {"file": "config_file", "http": "admin_url", "configmap": "configmap"}[self.config_via]
+            raise ValueError(f"config_via {self.config_via} needs app.{field}")
+        return self
+
+    def knobs_target(self) -> dict[str, str]:
+        """Where ``app.config`` changes the knobs, as that action's inputs (empty: the parameters name none)."""
+        via = self.config_via or next((v for v, t in (("file", self.config_file), ("http", self.admin_url),
+                                                      ("configmap", self.configmap)) if t), None)
+        if via is None:
+            return {}
+        return {"via": via, **{"file": {"config_file": self.config_file}, "http": {"admin_url": self.admin_url},
+                               "configmap": {"configmap": self.configmap}}[via]}
 
 
 # Values that fill an approval field without approving anything: a change ticket "TBD" is no ticket.

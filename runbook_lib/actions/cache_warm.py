@@ -45,7 +45,14 @@ from runbook_lib.actions.framework import Action, ApplyResult, Inputs, Plan, Rol
 from runbook_lib.diagnose.cache_keys import logical_key
 from runbook_lib.errors import RunbookError
 from runbook_lib.model import cache_warm_action_id
-from runbook_lib.plan.cache_warming import TTL_JITTER, WarmItem, lab_path, lab_request_route, rank_keys
+from runbook_lib.plan.cache_warming import (
+    TTL_JITTER,
+    WarmItem,
+    lab_path,
+    lab_request_route,
+    rank_keys,
+    routed_path,
+)
 from runbook_lib.redaction import redact_text
 from runbook_lib.settings import resolve_path
 from runbook_lib.sources.app_config_file import read_app_config
@@ -70,6 +77,7 @@ class CacheWarmInputs(Inputs):
     prometheus_url: str | None = None
     lock_ttl_ms: int = Field(30_000, ge=100, le=3_600_000)
     config_file: str | None = None
+    routes: dict[str, str] | None = None  # key family -> path that fills it (app.warm_routes); None: the lab's
 
 
 class CacheWarm(Action):
@@ -99,7 +107,11 @@ class CacheWarm(Action):
         return "redis cache entries (added only; they expire with their TTL)"
 
     def _source_desc(self) -> str:
-        return self.inputs.source_url or "<lab backend URL>"
+        return self.inputs.source_url or "<app.base_url>"
+
+    def _path_of(self):
+        """Key -> the page that fills it: the parameters' routes, else the lab app's key scheme."""
+        return routed_path(self.inputs.routes) if self.inputs.routes else lab_path
 
     def plan(self) -> Plan:
         i = self.inputs
@@ -110,7 +122,9 @@ class CacheWarm(Action):
         return Plan(self.id, self.kind, self.title, self.target,
                     commands=[rank,
                               (f"per key, {i.concurrency} at a time: skip if EXISTS; SET warm:lock:<key> <token> NX "
-                               f"PX {i.lock_ttl_ms}; GET {self._source_desc()}<path of key>; SET <key> <body> EX "
+                               f"PX {i.lock_ttl_ms}; GET {self._source_desc()}<path of key: "
+                               + (", ".join(f"{k} -> {v}" for k, v in i.routes.items()) if i.routes
+                                  else "the lab's key scheme") + f">; SET <key> <body> EX "
                                f"{ttl} (minus up to {TTL_JITTER:.0%} jitter) NX; release the lock "
                                "(compare-and-delete)")],
                     captures=["nothing: warming only adds entries that expire with their TTL"],
@@ -143,7 +157,8 @@ class CacheWarm(Action):
             return list(self.inputs.keys)[: self.inputs.top_n]
         sample = key_sample(client, self.inputs.sample_size)
         if len(sample):
-            sample = sample[sample["key"].map(lambda k: lab_path(logical_key(k)) is not None)]
+            path_of = self._path_of()
+            sample = sample[sample["key"].map(lambda k: path_of(logical_key(k)) is not None)]
         rr = (route_requests_from_prometheus(self.inputs.prometheus_url, 300)
               if self.inputs.prometheus_url else None)
         return rank_keys(sample, self.inputs.top_n, rr, lab_request_route)
@@ -156,7 +171,7 @@ class CacheWarm(Action):
         ttl = self._ttl()
         client = targets.redis()
         items = self.items(client)
-        loader = HttpLoader(source)
+        loader = HttpLoader(source, self._path_of())
         try:
             s = warm(client, items, loader, ttl, self.inputs.concurrency, self.inputs.lock_ttl_ms,
                        endpoint=targets.endpoint("redis"))

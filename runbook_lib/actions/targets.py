@@ -29,9 +29,12 @@ APPLICATION_NAME = "runbook-remediation"
 
 def app_endpoint(settings) -> str:
     """Where an ``app`` family change goes, for the audit lines (``Targets.endpoint("app")``)."""
-    if settings.mode == "live":
-        return "app config: ConfigMap (live, planned only)"
-    return f"app config: {settings.app.config_file or '(app.config_file not set)'}"
+    where = settings.app.knobs_target()
+    if not where:
+        return "app config: (the parameters name no app.config_file, app.admin_url or app.configmap)"
+    if where["via"] == "configmap":
+        return f"app config: ConfigMap {where['configmap']} (planned only)"
+    return f"app config: {where.get('config_file') or where.get('admin_url')}"
 
 
 class Targets:

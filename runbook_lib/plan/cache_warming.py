@@ -12,8 +12,10 @@ Filling them (locks, ``SET NX EX``, the concurrency limit) is the ``cache.warm``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -90,3 +92,25 @@ def lab_path(key: str) -> str | None:
     return path + (f"?{query}" if query else "")
 
 
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def routed_path(routes: dict[str, str]) -> Callable[[str], str | None]:
+    """Which page fills a key, from the parameters' ``app.warm_routes``: key family -> path, with ``{name}``
+    placeholders shared by both (``{"api:users:{id}": "/users/{id}"}``). A placeholder matches one key segment
+    (no ``:``); the key must match a family entirely. Values are URL-quoted into the path. Families are tried in
+    the order given; a key no family matches is not warmed (None)."""
+    compiled = []
+    for family, path in routes.items():
+        parts = _PLACEHOLDER.split(family)
+        rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^:]+)" for i, p in enumerate(parts))
+        compiled.append((re.compile(rx + "$"), path))
+
+    def path_of(key: str) -> str | None:
+        for rx, path in compiled:
+            m = rx.match(key)
+            if m:
+                return _PLACEHOLDER.sub(lambda g: quote(m.group(g.group(1)), safe=""), path)
+        return None
+
+    return path_of

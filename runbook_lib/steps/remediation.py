@@ -39,14 +39,18 @@ def target_inputs(kind: str, settings: Settings) -> dict:
     """What the parameters say about where an action's change goes (the app's config file and URL, the event
     log), as inputs of that kind; the plan's own inputs win."""
     if kind == "app.config":
-        found = {"config_file": settings.app.config_file, "events_file": getattr(settings.source, "events_file", None)}
+        found = {**settings.app.knobs_target(), "events_file": getattr(settings.source, "events_file", None)}
     elif kind == "cache.warm":
-        found = {"source_url": settings.app.base_url, "config_file": settings.app.config_file}
+        found = {"source_url": settings.app.base_url, "config_file": settings.app.config_file,
+                 "routes": settings.app.warm_routes}
     else:
         found = {}
     # paths as the run resolved them (${NAME:-default} expanded): the audit, and a rollback from it, name the
     # very file that was changed
-    return {k: (v if k == "source_url" else str(resolve_path(v))) for k, v in found.items() if v is not None}
+    return {k: (str(resolve_path(v)) if k in PATH_INPUTS else v) for k, v in found.items() if v is not None}
+
+
+PATH_INPUTS = ("config_file", "events_file")
 
 
 def build(plan: dict, settings: Settings) -> list[Entry]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 
 import pytest
 import redis
@@ -14,9 +15,11 @@ from runbook_lib.actions.action_errors import PlannedOnly
 from runbook_lib.actions.app_config import AppConfig, configmap_patch
 from runbook_lib.actions.rollback import undo
 from runbook_lib.actions.targets import Targets, app_endpoint
+from runbook_lib.errors import AppConfigError
 from runbook_lib.lab.config import DEGRADED, EVENTS_FILE, read_config, write_config
 from runbook_lib.lab.servers import free_port, kill_pid, wait_until
-from tests.support.actions_support import audit_lines, make_settings, redis_config, steps
+from runbook_lib.settings import App
+from tests.support.actions_support import assert_no_secret, audit_lines, make_settings, redis_config, steps
 
 CHANGE = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru"}
 
@@ -104,7 +107,8 @@ def test_app_config_change_and_rollback_restore_the_exact_prior_file(lab_config,
     ttl = AppConfig({"cache_ttl_s": 300, "config_file": str(lab_config), "events_file": events_file})  # flat form
     scheme = AppConfig(cache_key_scheme="normalized", config_file=str(lab_config))
     assert ttl.inputs.changes == {"cache_ttl_s": 300.0} and ttl.id == "app-config-cache_ttl_s"
-    assert ttl.plan().commands == [f"runbook lab config --state {lab_config.parent} cache_ttl_s=300"]
+    f = str(lab_config)
+    assert ttl.plan().commands == [f"jq '.cache_ttl_s = 300' {f} > {f}.new && mv {f}.new {f}"]
     log = AuditLog(run_dir)
     with Targets(make_settings()) as targets:
         priors = []
@@ -152,9 +156,89 @@ def test_configmap_patch_is_planned_only_and_refused_at_capture(lab_config):
     assert "planned only" in a.title and "not applied, not verified" in a.target
     with Targets(make_settings()) as targets, pytest.raises(PlannedOnly, match="not applied"):
         a.capture(targets)
-    live = make_settings(mode="live")
-    with Targets(live) as targets, pytest.raises(ActionInputError, match="live mode cannot patch"):
-        AppConfig(cache_ttl_s=300, config_file=str(lab_config)).capture(targets)
+    # a file the parameters name is patched in live mode too (a mounted volume, a file on this host)
+    with Targets(make_settings(mode="live")) as targets:
+        assert AppConfig(cache_ttl_s=300, config_file=str(lab_config)).capture(targets) == {"cache_ttl_s": 5.0}
+
+
+class AdminApp:
+    """A real HTTP admin endpoint on loopback holding an app's knobs (GET the object, PATCH a merge body),
+    with a bearer token, as the app.config action expects (``app.admin_url``)."""
+
+    def __init__(self, knobs: dict, token: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from runbook_lib.lab.servers import free_port
+
+        self.knobs, self.token, self.requests = dict(knobs), token, []
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, code: int, body: dict | None = None):
+                raw = json.dumps(body if body is not None else {}).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def _authorized(self) -> bool:
+                app.requests.append((self.command, dict(self.headers)))
+                return self.headers.get("Authorization") == f"Bearer {app.token}"
+
+            def do_GET(self):
+                self._reply(200, app.knobs) if self._authorized() else self._reply(401)
+
+            def do_PATCH(self):
+                if not self._authorized():
+                    return self._reply(401)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                app.knobs.update(body)
+                self._reply(200, app.knobs)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/admin/config"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def test_an_admin_endpoint_is_patched_verified_and_restored_with_the_token_kept_out(run_dir, monkeypatch):
+    token = "admin-token-7f3c9e2b41"
+    monkeypatch.setenv("RUNBOOK_TEST_ADMIN_TOKEN", token)
+    with AdminApp({"cache_ttl_s": 5, "cache_key_scheme": "volatile", "db_pool_max": 20}, token) as app:
+        settings = make_settings(apply=True, mode="live", approved_by="Dana Ortiz (SRE on call)",
+                                 change_ticket="CHG-20461").model_copy(update={"app": App(
+            admin_url=app.url, admin_token={"env": "RUNBOOK_TEST_ADMIN_TOKEN"})})
+        target = settings.app.knobs_target()
+        assert target == {"via": "http", "admin_url": app.url}
+        a = AppConfig({"cache_ttl_s": 300, **target})
+        assert a.plan().commands[0].startswith("curl -fsS -X PATCH") and app.url in a.plan().commands[0]
+        [o] = execute([a], settings, run_dir)
+        assert o.status == "applied" and o.verified and app.knobs["cache_ttl_s"] == 300
+        assert app.knobs["db_pool_max"] == 20  # the other knobs untouched
+        [u] = rollback_run(run_dir, apply=True, settings=settings)
+        assert u.status == "rolled back" and app.knobs["cache_ttl_s"] == 5
+        assert {m for m, _ in app.requests} == {"GET", "PATCH"}
+    assert_no_secret(run_dir, token)
+    # a wrong token: a clear refusal naming the endpoint, nothing changed
+    monkeypatch.setenv("RUNBOOK_TEST_ADMIN_TOKEN", "wrong-token-123")
+    with AdminApp({"cache_ttl_s": 5}, token) as app:
+        settings = settings.model_copy(update={"app": App(admin_url=app.url,
+                                                          admin_token={"env": "RUNBOOK_TEST_ADMIN_TOKEN"})})
+        with Targets(settings) as targets, pytest.raises(AppConfigError, match="answered HTTP 401"):
+                AppConfig({"cache_ttl_s": 300, "via": "http", "admin_url": app.url}).capture(targets)
+        assert app.knobs == {"cache_ttl_s": 5}
 
 
 @pytest.mark.parametrize("inputs,message", [

@@ -158,3 +158,35 @@ def test_warmed_keys_get_ttl_jitter_so_they_do_not_expire_together(private_redis
     no_jitter = w.warm(r, [f"j{i}" for i in range(200)], lambda k: b"v", ttl_s=2000, progress=False, jitter=0)
     assert len(no_jitter.warmed) == 200 and expiry_clusters(key_sample(r, 1000))["clustered"]
     r.close()
+
+
+def test_a_service_that_is_not_the_lab_is_warmed_through_the_routes_in_its_parameters(private_redis, tmp_path):
+    """Keys of another scheme (shop:user:<id>:<request time>) are filled by calling the service's own
+    endpoints, mapped by ``app.warm_routes``; keys no route maps are left alone."""
+    r = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    pipe = r.pipeline(transaction=False)
+    for uid, versions in ((7, 6), (42, 4), (99, 2)):  # hot users have more single-use versions in the sample
+        for v in range(versions):
+            pipe.set(f"shop:user:{uid}:{1764500000 + v}", "old", ex=600)
+    pipe.set("shop:cart:7:1764500000", "old", ex=600)  # a family with no route: never fetched
+    pipe.execute()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    routes = {"shop:user:{id}": "/v2/users/{id}/profile"}
+    with FakeApp() as app:
+        settings = make_settings(redis_url=private_redis.url, apply=True)
+        action = CacheWarm(top_n=2, concurrency=2, ttl_s=60, source_url=app.url, routes=routes)
+        assert "shop:user:{id} -> /v2/users/{id}/profile" in action.plan().commands[1]
+        [o] = execute([action], settings, run_dir)
+    assert o.status == "applied" and o.verified, o.message
+    assert sorted(app.requests) == ["/v2/users/42/profile", "/v2/users/7/profile"]
+    assert r.get("shop:user:7") == '{"path": "/v2/users/7/profile"}' and r.get("shop:user:99") is None
+    assert r.get("shop:cart:7") is None
+    r.close()
+
+
+def test_routed_path_maps_whole_keys_only():
+    path_of = w.routed_path({"shop:user:{id}": "/users/{id}", "shop:item:{sku}:{lang}": "/items/{sku}?lang={lang}"})
+    assert path_of("shop:user:42") == "/users/42"
+    assert path_of("shop:item:A 1:de") == "/items/A%201?lang=de"
+    assert path_of("shop:user:42:extra") is None and path_of("other:user:1") is None

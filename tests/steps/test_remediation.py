@@ -24,7 +24,8 @@ def test_lab_parameters_point_app_actions_at_the_labs_files(monkeypatch, tmp_pat
     ttl, warm, rewrite = (e.executor for e in entries)
     assert ttl.inputs.config_file == f"{tmp_path}/config.json"
     assert ttl.inputs.events_file == f"{tmp_path}/events.jsonl"
-    assert ttl.plan().commands == [f"runbook lab config --state {tmp_path} cache_ttl_s=1800"]
+    f = f"{tmp_path}/config.json"
+    assert ttl.plan().commands == [f"jq '.cache_ttl_s = 1800' {f} > {f}.new && mv {f}.new {f}"]
     assert warm.inputs.source_url == "http://127.0.0.1:18080" and warm.inputs.config_file == f"{tmp_path}/config.json"
     assert rewrite is None and entries[2].note.startswith("recommendation")
 
@@ -33,7 +34,8 @@ def test_without_an_app_section_the_plan_says_what_is_missing():
     entries = remediation.build(PLAN, load_settings(ROOT / "parameters" / "fixtures.yaml"))
     ttl = entries[0].executor
     assert ttl.inputs.config_file is None
-    assert ttl.plan().commands == ["runbook lab config --state <folder of app.config_file> cache_ttl_s=1800"]
+    assert ttl.plan().commands == ["jq '.cache_ttl_s = 1800' <app.config_file> > <app.config_file>.new && "
+                                   "mv <app.config_file>.new <app.config_file>"]
     frame = remediation.plan_frame(entries)
     assert list(frame.index) == ["app-config-cache_ttl_s", "cache-warm-top-10", "rewrite"]
     assert list(frame["executor"])[:2] == ["app.config", "cache.warm"]
