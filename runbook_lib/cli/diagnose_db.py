@@ -33,7 +33,8 @@ def _positive(v: str) -> float:
 def register(subparsers) -> None:
     p = subparsers.add_parser("db", help="N+1, missing indexes (HypoPG) and pool sizing from a live PostgreSQL",
                               description="Diagnose a live PostgreSQL from its statistics: N+1 statements, "
-                                          "missing indexes (HypoPG what-if), connections and a pool size.")
+                                          "statements reading far more than they return, missing indexes "
+                                          "(HypoPG what-if), connections and a pool size.")
     p.add_argument("--dsn", required=True, help="libpq DSN or URL, without a password")
     p.add_argument("--window", type=_positive, metavar="SECONDS",
                    help=f"take two snapshots this far apart (<= {stats.MAX_WINDOW_S}); default: since the last "

@@ -96,12 +96,26 @@ def database_hypothesis(t: pd.DataFrame, snap: Snapshots) -> Hypothesis:
                    f"{top.time_share:.0%} of DB time: {top.query[:70]}")
         else:
             obs = "no statement runs >= 5 times per request"
-        h.evidence.append(Evidence("N+1 statement", obs, bool(len(n1)), 2))
+        h.evidence.append(Evidence("N+1 statement", obs, bool(len(n1)), 0))
+    if snap.statements is not None and "shared_blks_hit" in snap.statements:
+        over = db_dx.over_reading(snap.statements)
+        obs = "; ".join(f"{r.blocks_per_row:.0f} buffers per row returned, {r.time_share:.0%} of DB time: "
+                        f"{r.query[:70]}" for r in over.head(2).itertuples()) or \
+            f"no statement with >= {db_dx.OVERREAD_MIN_TIME_SHARE:.0%} of DB time reads >= " \
+            f"{db_dx.OVERREAD_BLOCKS_PER_ROW:.0f} buffers per row"
+        h.evidence.append(Evidence("statements read far more than they return", obs, bool(len(over)), 0))
     if snap.tables is not None:
         heavy = db_dx.seq_scan_heavy(snap.tables)
         obs = ", ".join(f"{n} ({r.seq_share:.0%} seq, {r.n_live_tup:,.0f} rows)" for n, r in heavy.iterrows()) \
             or "none"
-        h.evidence.append(Evidence("large tables read by sequential scans", obs, bool(len(heavy)), 2))
+        h.evidence.append(Evidence("large tables read by sequential scans", obs, bool(len(heavy)), 0))
+    # N+1, sequential scans and over-reading are alternative mechanisms (shown above with weight 0): one of them
+    # found supports the hypothesis, the absence of the others is not evidence against it
+    mechanisms = [e for e in h.evidence if e.weight == 0]
+    if mechanisms:
+        found = [e.check for e in mechanisms if e.supports]
+        h.evidence.append(Evidence("the DB time has an identified cause", "; ".join(found) if found else
+                                   "no N+1, sequential scan or over-reading statement", bool(found), 4))
     return h
 
 

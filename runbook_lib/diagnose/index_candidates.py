@@ -13,14 +13,14 @@ import pglast
 from pglast import ast
 from pglast.enums import A_Expr_Kind, BoolExprType
 
+from runbook_lib.diagnose.statements import OVERREAD_BLOCKS_PER_ROW, OVERREAD_MIN_TIME_SHARE, blocks_per_row
+
 # At most this many columns per candidate: wider indexes rarely pay for their write cost.
 MAX_INDEX_COLUMNS = 2
-# Buffer pages read (shared_blks_hit + shared_blks_read) per row returned above which a filtered statement
-# is using the wrong access path: a B-tree lookup touches ~3-5 pages per row (root, inner, leaf, heap), so
-# 100 is 20x that. In the lab's degraded profile the orders-by-user query reads ~1,000 pages per row.
-MAX_BLOCKS_PER_ROW = 100
-# ... and only for statements that matter: at least this share of the window's DB time.
-MIN_WASTE_SHARE = 0.05
+# A filtered statement using the wrong access path: the one definition of "reads far more than it returns"
+# (diagnose.statements), which the database hypothesis and `runbook diagnose db` report too.
+MAX_BLOCKS_PER_ROW = OVERREAD_BLOCKS_PER_ROW
+MIN_WASTE_SHARE = OVERREAD_MIN_TIME_SHARE
 
 
 def _colname(node) -> str | None:
@@ -88,7 +88,7 @@ def _existing_prefixes(indexes: pd.DataFrame) -> dict[str, list[tuple[str, ...]]
 def _blocks_per_row(row) -> float | None:
     if "shared_blks_hit" not in row.index or "shared_blks_read" not in row.index:
         return None
-    return float(row["shared_blks_hit"] + row["shared_blks_read"]) / max(float(row["rows"]), 1.0)
+    return float(blocks_per_row(pd.DataFrame([row.to_dict()])).iloc[0])
 
 
 def candidates(statements: pd.DataFrame, heavy_tables: list[str], indexes: pd.DataFrame) -> list[dict]:

@@ -54,6 +54,32 @@ def per_request(deltas: pd.DataFrame, requests: float) -> pd.DataFrame:
     return d
 
 
+# A statement "reads far more than it returns" when it touches at least this many buffer pages (shared blocks
+# hit or read) per row it returns: a B-tree lookup touches ~3-5 pages per row (root, inner, leaf, heap), so 100
+# is 20x that: the plan walks rows it then throws away (a sequential scan, or an index on a column that does
+# not narrow the search, which no seq-scan counter shows). In the lab's degraded profile the orders-by-user
+# query reads ~1,000 pages per row. Judged only for statements with OVERREAD_MIN_TIME_SHARE of the DB time.
+OVERREAD_BLOCKS_PER_ROW = 100.0
+OVERREAD_MIN_TIME_SHARE = 0.05
+
+
+def blocks_per_row(deltas: pd.DataFrame) -> pd.Series:
+    """Buffer pages touched per row returned (a call returning nothing counts as one row)."""
+    blocks = deltas["shared_blks_hit"].fillna(0) + deltas.get("shared_blks_read", 0).fillna(0)
+    rows = deltas["rows"].clip(lower=deltas["calls"]) if "calls" in deltas else deltas["rows"]
+    return blocks / rows.clip(lower=1)
+
+
+def over_reading(deltas: pd.DataFrame) -> pd.DataFrame:
+    """Statements with a large share of DB time that read far more buffers than the rows they return, with
+    ``blocks_per_row``, whatever scan their plan uses (a call returning nothing counts as one row)."""
+    if deltas is None or not len(deltas) or "shared_blks_hit" not in deltas:
+        return pd.DataFrame(columns=[*(deltas.columns if deltas is not None else []), "blocks_per_row"])
+    d = deltas.copy()
+    d["blocks_per_row"] = blocks_per_row(d)
+    return d[(d["time_share"] >= OVERREAD_MIN_TIME_SHARE) & (d["blocks_per_row"] >= OVERREAD_BLOCKS_PER_ROW)]
+
+
 def n_plus_one(deltas: pd.DataFrame) -> pd.DataFrame:
     """Statements that look like a loop issuing one query per parent row (needs per_request())."""
     return deltas[(deltas["calls_per_request"] >= N_PLUS_ONE_MIN_CALLS_PER_REQUEST)

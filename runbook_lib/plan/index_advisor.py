@@ -281,7 +281,12 @@ def candidate_tables(tables: pd.DataFrame) -> set[str]:
 
 
 def slow_statements(statements: pd.DataFrame) -> pd.DataFrame:
+    """The statements worth an index: a share of DB time, and (when the buffer counters are there) reading far
+    more buffers than the rows they return, whatever scan they use; a statement already served well by its
+    index is left alone, however much time it takes (more calls is not a plan problem)."""
     s = statements[statements["time_share"] >= MIN_STATEMENT_SHARE]
+    if "shared_blks_hit" in s and len(s):
+        s = s[db_dx.blocks_per_row(s) >= db_dx.OVERREAD_BLOCKS_PER_ROW]
     return s.sort_values("total_exec_time", ascending=False).head(MAX_STATEMENTS)
 
 

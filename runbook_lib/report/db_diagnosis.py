@@ -41,6 +41,7 @@ class DbDiagnosis:
     n_plus_one: list[dict[str, Any]]
     rewrites: list[dict[str, Any]]
     seq_scan_heavy: list[dict[str, Any]]
+    over_reading: list[dict[str, Any]]
     index_proposals: list[dict[str, Any]]
     advisor: dict[str, Any]
     pool: dict[str, Any]
@@ -112,6 +113,8 @@ def diagnose(conn: psycopg.Connection, start: stats.DbSnapshot, end: stats.DbSna
         rewrites=[r.as_dict() for r in rewrite.recommend(n1, groups)],
         seq_scan_heavy=_records(heavy, ["n_live_tup", "seq_scan", "seq_tup_read", "idx_scan", "seq_share",
                                         "rows_per_seq_scan", "heap_blks_read", "heap_hit_ratio"], "table"),
+        over_reading=_records(db_dx.over_reading(groups), ["query", "calls", "rows_per_call", "blocks_per_row",
+                                                           "time_share"], "queryid"),
         index_proposals=proposals, advisor=adv,
         pool=pool.diagnose(end.activity, st, statements, seconds, app_pool, database=st.get("database")),
         warnings=warnings)
@@ -164,6 +167,13 @@ def render_text(d: DbDiagnosis) -> str:
                    f"buffer hit ratio {_num(r.get('heap_hit_ratio'), '.1%')}, "
                    f"{_num(r.get('heap_blks_read'), ',.0f')} blocks read from disk")
     if not d.seq_scan_heavy:
+        out.append("  none")
+    out += ["", f"Statements reading >= {db_dx.OVERREAD_BLOCKS_PER_ROW:.0f} buffers per row returned "
+                f"(>= {db_dx.OVERREAD_MIN_TIME_SHARE:.0%} of DB time; whatever scan they use)"]
+    for r in d.over_reading:
+        out.append(f"  ! {r['blocks_per_row']:,.0f} buffers per row, {r['rows_per_call']:.1f} rows per call, "
+                   f"{r['time_share']:.0%} of DB time: {_cut(r['query'], 80)}")
+    if not d.over_reading:
         out.append("  none")
     out += ["", f"Missing indexes (HypoPG what-if; kept when plan cost falls >= {advisor.MIN_COST_REDUCTION:.0%})"]
     if d.advisor.get("error"):
