@@ -18,6 +18,13 @@ from runbook_lib.signal_catalog import PRIMARY_SIGNAL
 
 # Pool "saturated" when in-use connections sit at >= 95% of the pool size for most of the incident.
 POOL_SATURATED_SHARE = 0.95
+# Saturation (the USE method's S): a host is short of CPU when its utilisation stays at or above 80 % (run
+# queues grow and every request waits), of memory at 90 % (page cache squeezed, swapping or OOM kills next).
+# Traffic surged when the request rate is 1.5x its baseline or more: capacity planned for the baseline plus
+# the usual 30-50 % headroom is then exhausted.
+CPU_SATURATED = 0.80
+MEMORY_SATURATED = 0.90
+TRAFFIC_SURGE_RATIO = 1.5
 # The pool is held (not just busy) when sessions idle in an open transaction take at least half of it: the
 # queries are then not what keeps the connections, and a longer acquire timeout would only queue requests.
 POOL_HELD_SHARE = 0.5
@@ -162,12 +169,17 @@ def infrastructure_hypothesis(t: pd.DataFrame) -> Hypothesis:
     h = Hypothesis("infrastructure", "Hosts are short of CPU or memory, or traffic surged",
                    "A resource limit or a traffic spike slows every request.",
                    "Disproved if CPU, memory and request rate stayed at their baseline.")
-    for name, what in (("cpu_utilization", "CPU"), ("memory_utilization", "memory"), ("request_rate", "traffic")):
+    for name, what, bar in (("cpu_utilization", "CPU", CPU_SATURATED), ("memory_utilization", "memory",
+                                                                         MEMORY_SATURATED)):
         r = _row(t, name)
-        if r is not None:
-            up = bool(r.changed and r.ratio > 1)
-            h.evidence.append(Evidence(f"{what} rose", f"{r.baseline:.3g} -> {r.incident:.3g} "
-                                       f"({_fmt_ratio(r.ratio)})", up, 2))
+        if r is not None:  # a resource is short when it is saturated, not when it merely rose (10% -> 28%)
+            h.evidence.append(Evidence(f"{what} saturated (>= {bar:.0%})", f"{r.baseline:.0%} -> {r.incident:.0%} "
+                                       f"({_fmt_ratio(r.ratio)})", bool(r.incident >= bar), 2))
+    r = _row(t, "request_rate")
+    if r is not None:
+        h.evidence.append(Evidence(f"traffic surged (>= {TRAFFIC_SURGE_RATIO:g}x)", f"{r.baseline:.3g} -> "
+                                   f"{r.incident:.3g} ({_fmt_ratio(r.ratio)})",
+                                   bool(r.changed and r.ratio >= TRAFFIC_SURGE_RATIO), 2))
     return h
 
 

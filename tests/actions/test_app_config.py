@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 
 import pytest
 import redis
@@ -19,7 +18,14 @@ from runbook_lib.errors import AppConfigError
 from runbook_lib.lab.config import DEGRADED, EVENTS_FILE, read_config, write_config
 from runbook_lib.lab.servers import free_port, kill_pid, wait_until
 from runbook_lib.settings import App
-from tests.support.actions_support import assert_no_secret, audit_lines, make_settings, redis_config, steps
+from tests.support.actions_support import (
+    AdminApp,
+    assert_no_secret,
+    audit_lines,
+    make_settings,
+    redis_config,
+    steps,
+)
 
 CHANGE = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru"}
 
@@ -159,58 +165,6 @@ def test_configmap_patch_is_planned_only_and_refused_at_capture(lab_config):
     # a file the parameters name is patched in live mode too (a mounted volume, a file on this host)
     with Targets(make_settings(mode="live")) as targets:
         assert AppConfig(cache_ttl_s=300, config_file=str(lab_config)).capture(targets) == {"cache_ttl_s": 5.0}
-
-
-class AdminApp:
-    """A real HTTP admin endpoint on loopback holding an app's knobs (GET the object, PATCH a merge body),
-    with a bearer token, as the app.config action expects (``app.admin_url``)."""
-
-    def __init__(self, knobs: dict, token: str):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        from runbook_lib.lab.servers import free_port
-
-        self.knobs, self.token, self.requests = dict(knobs), token, []
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _reply(self, code: int, body: dict | None = None):
-                raw = json.dumps(body if body is not None else {}).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _authorized(self) -> bool:
-                app.requests.append((self.command, dict(self.headers)))
-                return self.headers.get("Authorization") == f"Bearer {app.token}"
-
-            def do_GET(self):
-                self._reply(200, app.knobs) if self._authorized() else self._reply(401)
-
-            def do_PATCH(self):
-                if not self._authorized():
-                    return self._reply(401)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                app.knobs.update(body)
-                self._reply(200, app.knobs)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/admin/config"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 def test_an_admin_endpoint_is_patched_verified_and_restored_with_the_token_kept_out(run_dir, monkeypatch):

@@ -212,3 +212,22 @@ def test_an_index_walk_that_reads_pages_for_nothing_is_a_candidate_without_seq_s
     assert c["columns"] == ["user_id", "created_at"] and "1,040 buffer pages per row" in c["reason"]
     assert index_candidates.candidates(stmts(5_000, 0.87), [], none) == []  # 5 pages per row: a fine lookup
     assert index_candidates.candidates(stmts(1_040_000, 0.01), [], none) == []  # wasteful but negligible
+
+
+def _table(rows: dict) -> pd.DataFrame:
+    t = pd.DataFrame([{"signal": k, "baseline": b, "incident": i, "ratio": i / b, "changed": abs(i / b - 1) > 0.2,
+                       "worse": i > b, "onset": pd.NaT} for k, (b, i) in rows.items()]).set_index("signal")
+    return t
+
+
+def test_infrastructure_is_judged_by_saturation_and_surge_not_by_a_rise():
+    from runbook_lib.diagnose.hypotheses import infrastructure_hypothesis
+
+    # a traffic surge that saturates CPU: supported
+    surge = infrastructure_hypothesis(_table({"cpu_utilization": (0.35, 0.93), "memory_utilization": (0.5, 0.52),
+                                              "request_rate": (200, 520)}))
+    assert not surge.disproved and [e.supports for e in surge.evidence] == [True, False, True]
+    # CPU 2.8x higher but far from saturated, traffic flat: a rise is not a shortage
+    busy = infrastructure_hypothesis(_table({"cpu_utilization": (0.10, 0.28), "memory_utilization": (0.5, 0.5),
+                                             "request_rate": (200, 210)}))
+    assert busy.disproved and not any(e.supports for e in busy.evidence)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
@@ -17,6 +19,7 @@ import redis
 import yaml
 from psycopg import sql
 
+from runbook_lib.lab.servers import free_port
 from runbook_lib.run_folder import AUDIT_FILE
 from runbook_lib.settings import Settings
 
@@ -156,3 +159,51 @@ def wait_idle_in_transaction(dsn: str, conns: list[psycopg.Connection], older_th
                 (len(pids), pids, older_than_s + 0.1)).fetchone()[0]
 
     poll(old_enough, f"{len(pids)} sessions idle in transaction for {older_than_s} s")
+
+
+class AdminApp:
+    """A real HTTP admin endpoint on loopback holding an app's knobs (GET the object, PATCH a merge body),
+    with a bearer token, as the app.config action expects (``app.admin_url``)."""
+
+    def __init__(self, knobs: dict, token: str):
+        self.knobs, self.token, self.requests = dict(knobs), token, []
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, code: int, body: dict | None = None):
+                raw = json.dumps(body if body is not None else {}).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def _authorized(self) -> bool:
+                app.requests.append((self.command, dict(self.headers)))
+                return self.headers.get("Authorization") == f"Bearer {app.token}"
+
+            def do_GET(self):
+                self._reply(200, app.knobs) if self._authorized() else self._reply(401)
+
+            def do_PATCH(self):
+                if not self._authorized():
+                    return self._reply(401)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                app.knobs.update(body)
+                self._reply(200, app.knobs)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/admin/config"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
