@@ -115,5 +115,9 @@ class NoLevelChange(NoIncidentFound):
 # --- report ---------------------------------------------------------------------------------------
 
 
+class RecordError(RunbookError):
+    hint = "check the parameters' Prometheus, PostgreSQL and Redis sections and the --from/--to times"
+
+
 class ExportError(RunbookError):
     hint = "export a folder made by 'runbook run' (it needs at least symptoms.json)"

@@ -50,6 +50,32 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_record(args) -> int:
+    from datetime import UTC, datetime
+
+    from runbook_lib.suite.recorder import parse_when, record
+
+    now = datetime.now(UTC)
+    start, end = parse_when(args.start, now), parse_when(args.end, now)
+    snaps = tuple(parse_when(t, now) for t in args.snapshots_at) if args.snapshots_at else None
+    print(f"recording {start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')}"
+          + (f", snapshots at {snaps[0].isoformat(timespec='seconds')} and {snaps[1].isoformat(timespec='seconds')}"
+             if snaps else "") + f" into {args.out}", flush=True)
+    print(record(args.parameters, start, end, args.out, snaps, Path(args.run) if args.run else None,
+                 key_sample=args.key_sample, max_wait_s=args.max_wait_min * 60))
+    return 0
+
+
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _cmd_export(args) -> int:
     from runbook_lib.report.postmortem import export_run
 
@@ -95,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", nargs="+", metavar="NOTEBOOK",
                    help="run only these notebooks (names or prefixes like 01 02); inputs must already be there")
     r.set_defaults(func=_cmd_run)
+
+    rec = sub.add_parser("record", help="capture an incident bundle (fixtures format) from a Prometheus source "
+                                        "and the PostgreSQL/Redis the parameters name")
+    rec.add_argument("-p", "--parameters", default="parameters/lab.yaml",
+                     help="parameters file with source.kind: prometheus (default: %(default)s)")
+    rec.add_argument("--from", dest="start", required=True, help="ISO 8601 UTC, 'now', or relative: -10m")
+    rec.add_argument("--to", dest="end", required=True, help="ISO 8601 UTC, 'now', or relative: +5m")
+    rec.add_argument("--out", required=True, help="bundle folder to create, e.g. fixtures/checkout-2026-11-30")
+    rec.add_argument("--snapshots-at", nargs=2, metavar=("START", "END"),
+                     help="take the .start and .end snapshots at these times (inside the window), not at its "
+                          "ends, e.g. both during the incident")
+    rec.add_argument("--run", metavar="RUN_DIR",
+                     help="the runbook run that fixed the incident: its applied changes become the remediation "
+                          "events")
+    rec.add_argument("--key-sample", type=_positive_int, default=200, metavar="N",
+                     help="Redis keys in the redis_keys snapshot (default: %(default)s)")
+    rec.add_argument("--max-wait-min", type=_positive_int, default=120, metavar="MIN",
+                     help="refuse a --to (or snapshot time) further ahead than this (default: %(default)s)")
+    rec.set_defaults(func=_cmd_record)
 
     e = sub.add_parser("export", help="write postmortem.md and postmortem.html for a run folder")
     e.add_argument("run_dir", help="a folder made by 'runbook run'")

@@ -1,4 +1,4 @@
-"""``runbook lab up | load | status | down | config | profile`` and ``runbook record``: the lab's CLI.
+"""``runbook lab up | load | status | down | config | profile``: the lab's CLI.
 
 Registered by ``runbook_lib.cli`` through ``register(subparsers)``. Handlers raise RunbookError
 subclasses for expected failures; the main CLI prints them with their hint.
@@ -161,21 +161,6 @@ def _cmd_profile(args) -> int:
     return 0
 
 
-def _cmd_record(args) -> int:
-    from datetime import UTC, datetime
-
-    from runbook_lib.lab.record import parse_when, record
-
-    now = datetime.now(UTC)
-    start, end = parse_when(args.start, now), parse_when(args.end, now)
-    snaps = tuple(parse_when(t, now) for t in args.snapshots_at) if args.snapshots_at else None
-    print(f"recording {start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')}"
-          + (f", snapshots at {snaps[0].isoformat(timespec='seconds')} and {snaps[1].isoformat(timespec='seconds')}"
-             if snaps else "") + f" into {args.out}", flush=True)
-    print(record(args.parameters, start, end, args.out, _state(args), snaps, Path(args.run) if args.run else None))
-    return 0
-
-
 def register(subparsers) -> None:
     lab = subparsers.add_parser("lab", help="the incident lab: real PostgreSQL, Redis, Prometheus and backend")
     sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
@@ -225,18 +210,6 @@ def register(subparsers) -> None:
     p.add_argument("set", nargs="*", metavar="KEY=VALUE", help="e.g. cache_ttl_s=300 orders_query=join")
     p.set_defaults(func=_cmd_config)
 
-    p = subparsers.add_parser("record", parents=[common],
-                              help="capture an incident bundle (fixtures format) from a Prometheus source")
-    p.add_argument("-p", "--parameters", default="parameters/lab.yaml", help="parameters file (default: %(default)s)")
-    p.add_argument("--from", dest="start", required=True, help="ISO 8601 UTC, 'now', or relative: -10m")
-    p.add_argument("--to", dest="end", required=True, help="ISO 8601 UTC, 'now', or relative: +5m")
-    p.add_argument("--out", required=True, help="bundle folder to create, e.g. fixtures/lab-d2")
-    p.add_argument("--snapshots-at", nargs=2, metavar=("START", "END"),
-                   help="take the .start and .end snapshots at these times (inside the window), not at its ends, "
-                        "e.g. both during the incident")
-    p.add_argument("--run", metavar="RUN_DIR",
-                   help="the runbook run that fixed the incident: its applied changes become the remediation events")
-    p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("profile", parents=[common], help="switch a running lab to the degraded or healthy preset")
     p.add_argument("profile", choices=sorted(PROFILES))

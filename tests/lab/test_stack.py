@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from runbook_lib.lab import stack
-from runbook_lib.lab.config import CONFIG_FILE, DEGRADED, patch_config
+from runbook_lib.lab.config import CONFIG_FILE, DEGRADED, EVENTS_FILE, patch_config
 from runbook_lib.lab.load import LoadSpec, run_load_sync
 from runbook_lib.lab.seed import SeedSize
 from runbook_lib.lab.servers import kill_pid, pid_alive, wait_until
@@ -142,8 +142,8 @@ def test_knobs_change_live_without_restart(lab):
 
 
 def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
-    from runbook_lib.lab.record import parse_when, record
     from runbook_lib.sources.fixture_bundle import FixtureSource
+    from runbook_lib.suite.recorder import parse_when, record
 
     state, info, _ = lab
     patch_config(state / CONFIG_FILE, orders_query="join")  # an event inside the recorded window
@@ -152,9 +152,11 @@ def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
     raw["source"]["url"] = info["prometheus_url"]
     raw["postgres"]["dsn"] = info["dsn"]
     raw["redis"]["url"] = info["redis_url"]
+    raw["source"]["events_file"] = str(state / EVENTS_FILE)  # the lab's own files, as the parameters name them
+    raw["app"]["config_file"] = str(state / CONFIG_FILE)
     params = tmp_path / "lab-test.yaml"
     params.write_text(yaml.safe_dump(raw))
-    out = record(params, parse_when("-40s"), parse_when("now"), tmp_path / "bundle", state)
+    out = record(params, parse_when("-40s"), parse_when("now"), tmp_path / "bundle", key_sample=50)
     src = FixtureSource(out)
     src.bundle.check()
     assert set(src.available()) == set(raw["source"]["queries"])
@@ -166,6 +168,10 @@ def test_record_captures_a_bundle_the_fixture_source_reads(lab, tmp_path):
     assert src.bundle.snapshot("app_config")["orders_query"] == "join"
     assert any("config patch" in e.label for e in src.events())
     assert "orders" in set(src.bundle.snapshot("pg_stat_user_tables.end")["relname"])
+    # the diagnosis' own collectors: activity says who holds each connection, Redis INFO carries its clock
+    assert {"usename", "application_name", "client_addr", "xact_duration_s"} <= set(
+        src.bundle.snapshot("pg_stat_activity").columns)
+    assert "server_time" in src.bundle.snapshot("redis_info.end") and len(src.bundle.snapshot("redis_keys")) <= 50
 
 
 def test_load_switches_profile_midway(lab, capsys):
