@@ -29,7 +29,8 @@ STEPS = (
     "applying",         # intent, with the captured prior state, written BEFORE the change
     "applied",          # the change ran (changed: false = it was already there)
     "verified",         # the effect was measured on the server
-    "assessed",         # verify loop: helped / no effect / worse
+    "assessed",         # verify loop: helped / no effect / worse / inconclusive, with the measured windows
+    "reassessed",       # after an automatic rollback: the effect measured again (is the prior level back?)
     "rollback_planned",  # dry-run rollback: the exact commands
     "rolling_back",     # intent, written BEFORE the undo
     "rolled_back",      # the undo ran; restored: whether the state equals the prior state

@@ -20,6 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from runbook_lib.actions.action_errors import (
 )
 from runbook_lib.actions.approval import decide
 from runbook_lib.actions.audit import AuditLog, Stopwatch, read_audit
+from runbook_lib.actions.effect_probes import probe_for
+from runbook_lib.actions.effect_verdict import EFFECT_THRESHOLD, Measurement, verdict
 from runbook_lib.actions.framework import Action, Plan
 from runbook_lib.actions.rollback import undo, unresolved
 from runbook_lib.actions.targets import Targets
@@ -46,9 +49,6 @@ from runbook_lib.run_folder import PARAMETERS_FILE
 from runbook_lib.settings import Settings
 from runbook_lib.signal_catalog import CATALOG
 
-# A relative change smaller than this is "no effect": ordinary scrape-to-scrape jitter of latency and
-# hit ratio is a few percent, while the incident moved them by 10x (p95 40 -> 800 ms, hit ratio 0.9 -> <0.1).
-EFFECT_THRESHOLD = 0.10
 # Verify loop window: re-measure this many times over this many seconds after a change and take the
 # median. 30 s is two to three Prometheus scrapes at the usual 10-15 s interval; callers may shorten it.
 VERIFY_WINDOW_S = 30.0
@@ -123,15 +123,22 @@ class _Run:
     window_s: float
     samples: int
     done: list[Outcome] = field(default_factory=list)
+    priors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    probed: set[str] = field(default_factory=set)  # actions judged by a direct probe (not by ``measure``)
 
 
 def execute(actions: Iterable[Action], settings: Settings, run_dir: str | Path, actor: str | None = None,
             measure: Measure | None = None, *, verify_window_s: float = VERIFY_WINDOW_S,
-            verify_samples: int = VERIFY_SAMPLES) -> list[Outcome]:
+            verify_samples: int = VERIFY_SAMPLES, probe_window_s: float | None = None) -> list[Outcome]:
     """Plan, and when the parameters allow, apply + verify + assess every action, in order.
 
     Dry run (the default): audits ``planned`` lines, opens no connection, changes nothing.
     Raises ApprovalRequired when applying is asked for but not allowed, ActionFailed when a step fails.
+
+    ``probe_window_s``: judge each action's effect by direct measurement (``effect_probes``): one shared
+    before-window for all probes, the changes, then one shared after-window that starts after the last change
+    (actions measuring the same thing share a verdict); ``measure`` then judges only the actions without a
+    probe. Without it, each action is judged by ``measure`` alone, in turn.
     """
     actions = list(actions)
     _check_unique(actions)
@@ -148,9 +155,14 @@ def execute(actions: Iterable[Action], settings: Settings, run_dir: str | Path, 
     with Targets(settings) as targets:
         run = _Run(targets, log, fields, settings, run_dir, measure, verify_window_s, verify_samples)
         discover(run_dir, targets, log, fields)
+        groups = _probe_groups(actions, targets) if probe_window_s else {}
+        run.probed = {a.id for _, acts in groups.values() for a in acts}
+        before = _measure_groups(groups, probe_window_s, "before") if groups else {}
         for a in actions:
             log.append("approved", **_common(a, fields, targets), reason=decision.reason)
             run.done.append(_run_one(a, run))
+        if groups:
+            _assess_groups(groups, before, run, probe_window_s)
     return run.done
 
 
@@ -241,7 +253,8 @@ def _run_one(action: Action, run: _Run) -> Outcome:
     out = Outcome.for_action(action, "applied" if result.changed else "already applied", changed=result.changed,
                              message=result.message, verified=vr.ok, before=before,
                              commands=result.commands)
-    if run.measure is not None and result.changed:
+    run.priors[action.id] = prior
+    if run.measure is not None and result.changed and action.id not in run.probed:
         _assess(action, out, run, fields, prior)
     out.duration_s = sw.seconds()
     return out
@@ -310,3 +323,83 @@ def _assess(action: Action, out: Outcome, run: _Run, fields: dict[str, Any], pri
         out.status = "rolled back"
         out.message = (f"{out.message}; rolled back automatically: {action.effect_signal} "
                        f"{out.before} -> {out.after} is worse")
+
+
+# --- verify loop by direct measurement (effect_probes) ----------------------------------------------
+
+
+def _probe_groups(actions: list[Action], targets: Targets) -> dict[str, tuple[Any, list[Action]]]:
+    """probe key -> (probe, the actions it judges), in plan order."""
+    groups: dict[str, tuple[Any, list[Action]]] = {}
+    for a in actions:
+        probe = probe_for(a, targets)
+        if probe is not None:
+            groups.setdefault(probe.key, (probe, []))[1].append(a)
+    return groups
+
+
+def _measure_groups(groups: dict[str, tuple[Any, list[Action]]], window_s: float, what: str,
+                    keys: Iterable[str] | None = None) -> dict[str, Measurement | None]:
+    """Every probe over the same wall-clock window, side by side (one thread each)."""
+    chosen = list(keys if keys is not None else groups)
+    if not chosen:
+        return {}
+    print(f"verify loop: measuring {len(chosen)} effect(s) {what} the changes over {window_s:.0f} s ...",
+          flush=True)
+
+    def one(key: str) -> Measurement | None:
+        try:
+            return groups[key][0].window(window_s)
+        except Exception:  # noqa: BLE001 - a failed measurement is "inconclusive", never a failed change
+            return None
+
+    with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
+        return dict(zip(chosen, pool.map(one, chosen), strict=True))
+
+
+def _assess_groups(groups: dict[str, tuple[Any, list[Action]]], before: dict[str, Measurement | None], run: _Run,
+                   window_s: float) -> None:
+    outcomes = {o.action_id: o for o in run.done}
+    changed = [k for k, (_, acts) in groups.items() if any(outcomes[a.id].changed for a in acts)]
+    after = _measure_groups(groups, window_s, "after", changed)
+    for key in changed:
+        probe, acts = groups[key]
+        v = verdict(before.get(key), after.get(key), probe.higher_is_worse)
+        ids = [a.id for a in acts]
+        for a in acts:
+            out = outcomes[a.id]
+            b, af = before.get(key), after.get(key)
+            out.effect, out.before, out.after = v, (b.value if b else None), (af.value if af else None)
+            fields = {**run.fields, "endpoint": run.targets.endpoint(a.family)}
+            run.log.append("assessed", **_common(a, fields), result=v, measured=probe.label,
+                           before=b.as_dict() if b else None, after=af.as_dict() if af else None,
+                           shared_with=[i for i in ids if i != a.id], threshold=EFFECT_THRESHOLD,
+                           auto_rollback=bool(run.settings.remediation.auto_rollback and v == "worse"))
+            out.message = f"{out.message}; {probe.label}: {v}" + (
+                f" (measured together with {', '.join(i for i in ids if i != a.id)})" if len(ids) > 1 else "")
+        if v == "worse" and run.settings.remediation.auto_rollback:
+            _roll_back_group(acts, outcomes, probe, b, af, run, window_s)
+
+
+def _roll_back_group(acts: list[Action], outcomes: dict[str, Outcome], probe: Any, before: Measurement | None,
+                     after: Measurement | None, run: _Run, window_s: float) -> None:
+    """Undo every changed action of a group measured worse (newest first), then measure again to confirm the
+    prior level is back."""
+    why = f"auto_rollback: {probe.label} got worse"
+    if before is not None and after is not None and before.value is not None and after.value is not None:
+        why += f" ({before.value:.4g} -> {after.value:.4g})"
+    for a in reversed(acts):
+        out = outcomes[a.id]
+        if not out.changed or not a.reversible:
+            continue
+        fields = {**run.fields, "endpoint": run.targets.endpoint(a.family)}
+        undo(a, run.targets, run.log, run.priors[a.id], fields, reason=why)
+        out.rolled_back, out.status = True, "rolled back"
+        out.message = f"{out.message}; rolled back automatically ({why})"
+    again = _measure_groups({probe.key: (probe, acts)}, window_s, "after rolling back").get(probe.key)
+    restored = verdict(after, again, probe.higher_is_worse)
+    for a in acts:
+        fields = {**run.fields, "endpoint": run.targets.endpoint(a.family)}
+        run.log.append("reassessed", **_common(a, fields), result="recovered" if restored == "helped" else restored,
+                       measured=probe.label, after_rollback=again.as_dict() if again else None,
+                       before=before.as_dict() if before else None)
