@@ -105,10 +105,21 @@ def live_measure(step):
     return fw.by_signal(read)
 
 
+# Verify loop by direct measurement (actions.effect_probes) in lab/live mode: one shared window before the
+# changes and one after, each this long. 30 s holds ~500 lookups and ~100 calls of a hot statement at the
+# lab's 18 req/s (enough for the probes' minimums), and costs 1 minute for the whole plan instead of one
+# wait per action.
+PROBE_WINDOW_S = 30.0
+
+
 def execute(entries: list[Entry], step) -> list[dict]:
-    """Run the executable entries through the framework (dry run unless the parameters allow)."""
+    """Run the executable entries through the framework (dry run unless the parameters allow). In lab/live
+    mode, cache and index actions are judged by direct measurement over shared windows, the others on their
+    signal."""
     runnable = [e.executor for e in entries if e.executor is not None]
-    done = {o.action_id: o for o in fw.execute(runnable, step.settings, step.run_dir, measure=live_measure(step))}
+    live = step.settings.source.kind != "fixture"
+    done = {o.action_id: o for o in fw.execute(runnable, step.settings, step.run_dir, measure=live_measure(step),
+                                               probe_window_s=PROBE_WINDOW_S if live else None)}
     out = []
     for e in entries:
         if e.executor is None:

@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,26 @@ def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
 
         figures = " ".join(p.read_text() for p in (run / "figures").glob("01-*.json"))
         assert "degraded profile" in figures, "the deploy from the lab's events.jsonl must mark the charts"
+
+        # the drill goes on: 03 plans, 04 applies to the lab (lab.yaml: apply: true) and judges every change
+        # by direct measurement over windows that start after the changes
+        t0 = time.monotonic()
+        runbook("run", "-p", str(params), "--out", str(run), "--only", "03", "04", "--no-export", env=env)
+        seconds_04 = time.monotonic() - t0
+        audit = [json.loads(line) for line in (run / "audit.jsonl").read_text().splitlines()]
+        applied = [a for a in audit if a["step"] == "applied" and a.get("changed")]
+        assessed = [a for a in audit if a["step"] == "assessed"]
+        assert applied and assessed, [a["step"] for a in audit]
+        last_change = max(datetime.fromisoformat(a["ts"]) for a in applied)
+        for a in assessed:
+            if a.get("after"):  # a direct probe: its window holds post-change data only
+                assert datetime.fromisoformat(a["after"]["window_start"]) >= last_change, a
+        cache = [a for a in assessed if a.get("measured", "").startswith("Redis keyspace hit ratio")]
+        assert cache and {a["result"] for a in cache} == {"helped"}, [(a["action_id"], a["result"]) for a in cache]
+        index = [a for a in assessed if a["kind"] == "postgres.create_index"]
+        assert all(a.get("measured", "").startswith("mean ms per call") for a in index), index
+        print(f"04 wall time in the lab drill: {seconds_04:.0f} s; verdicts: "
+              + ", ".join(f"{a['action_id']}={a['result']}" for a in assessed))
     finally:
         seen.update(lab_pids(state))
         subprocess.run([RUNBOOK, "lab", "down"], check=False, cwd=ROOT, env=env, capture_output=True, timeout=120)
