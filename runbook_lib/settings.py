@@ -276,11 +276,21 @@ def approval_problem(value: str | None) -> str | None:
     return None
 
 
+class ExtraAction(_Model):
+    """An action the operator adds to the plan by hand (an executor kind and its inputs), planned, approved,
+    applied, measured and audited like the runbook's own."""
+
+    kind: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    why: str = "added by the operator (remediation.extra_actions)"
+
+
 class Remediation(_Model):
     apply: bool = False
     approved_by: str | None = None
     change_ticket: str | None = None
     auto_rollback: bool = False
+    extra_actions: list[ExtraAction] = Field(default_factory=list, max_length=20)
 
     @field_validator("approved_by", "change_ticket")
     @classmethod

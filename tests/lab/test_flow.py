@@ -92,6 +92,28 @@ def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
         assert all(a.get("measured", "").startswith("mean ms per call") for a in index), index
         print(f"04 wall time in the lab drill: {seconds_04:.0f} s; verdicts: "
               + ", ".join(f"{a['action_id']}={a['result']}" for a in assessed))
+
+        # the harmful-change drill: the operator adds a Redis limit far below the working set through the
+        # parameters; the runbook measures it worse against the fixed cache and undoes it by itself
+        import redis
+
+        lab_redis = redis.Redis.from_url(stack.read_lab(state)["redis_url"], decode_responses=True)
+        fixed = lab_redis.config_get("maxmemory*")
+        harmful = folder / "lab-harmful.yaml"
+        harmful.write_text(params.read_text().replace("remediation:\n", (
+            "remediation:\n  auto_rollback: true\n  extra_actions:\n"
+            "    - {kind: redis.config_set, inputs: {maxmemory: 1mb, maxmemory-policy: allkeys-random},"
+            " why: 'drill: a limit far below the working set'}\n"), 1))
+        runbook("run", "-p", str(harmful), "--out", str(run), "--only", "03", "04", "--no-export", env=env)
+        audit = [json.loads(line) for line in (run / "audit.jsonl").read_text().splitlines()]
+        drill = [a["step"] for a in audit if a["action_id"] == "redis-config-maxmemory-maxmemory-policy"]
+        assert drill[drill.index("applied"):] == ["applied", "verified", "assessed", "rolling_back", "rolled_back",
+                                                  "reassessed"], drill
+        verdict = next(a for a in audit if a["step"] == "assessed"
+                       and a["action_id"] == "redis-config-maxmemory-maxmemory-policy")
+        assert verdict["result"] == "worse" and verdict["auto_rollback"], verdict
+        assert lab_redis.config_get("maxmemory*") == fixed  # the server is back to the fixed setting
+        lab_redis.close()
     finally:
         seen.update(lab_pids(state))
         subprocess.run([RUNBOOK, "lab", "down"], check=False, cwd=ROOT, env=env, capture_output=True, timeout=120)

@@ -52,3 +52,19 @@ def test_the_plans_own_inputs_win_over_the_parameters(monkeypatch, tmp_path):
     plan = {"actions": [{**PLAN["actions"][0], "inputs": {"cache_ttl_s": 60, "config_file": "/elsewhere.json"}}]}
     [entry] = remediation.build(plan, load_settings(ROOT / "parameters" / "lab.yaml"))
     assert entry.executor.inputs.config_file == "/elsewhere.json"
+
+
+def test_operator_actions_from_the_parameters_join_the_plan_under_their_executor_ids(tmp_path):
+    from runbook_lib.errors import SettingsError
+    from runbook_lib.steps.impact_assessment import extra_actions
+
+    text = (ROOT / "parameters" / "fixtures.yaml").read_text().replace("bundle: fixtures/", f"bundle: {ROOT}/fixtures/")
+    p = tmp_path / "p.yaml"
+    p.write_text(text + "  extra_actions:\n    - {kind: redis.config_set, inputs: {maxmemory: 1mb}, why: drill}\n")
+    [a] = extra_actions(load_settings(p), set())
+    assert (a.id, a.kind, a.reason, a.cause) == ("redis-config-maxmemory", "redis.config_set", "drill", "operator")
+    with pytest.raises(SettingsError, match="already in the plan"):
+        extra_actions(load_settings(p), {"redis-config-maxmemory"})
+    p.write_text(text + "  extra_actions:\n    - {kind: redis.flushall, inputs: {}}\n")
+    with pytest.raises(SettingsError, match=r"extra_actions\[0\]: unknown action kind 'redis.flushall'"):
+        extra_actions(load_settings(p), set())
