@@ -268,6 +268,11 @@ def cache_warm_action_id(top_n: int) -> str:
     return f"cache-warm-top-{int(top_n)}"
 
 
+def asg_capacity_action_id(group: str) -> str:
+    """The id of setting an EC2 Auto Scaling group's capacity."""
+    return "aws-asg-capacity-" + slug(group)
+
+
 def pg_terminate_action_id(application_name: str | None = None, usename: str | None = None) -> str:
     """The id of terminating the idle-in-transaction sessions of this application / role (either may be absent)."""
     return "pg-terminate-idle-tx" + "".join("-" + slug(p) for p in (application_name, usename) if p)

@@ -321,6 +321,19 @@ class Redis(_Model):
         return _refuse_inline_password(v, "redis.password")
 
 
+class Aws(_Model):
+    """Where the AWS actions go (EC2 Auto Scaling). Credentials come from the usual AWS chain (AWS_PROFILE,
+    instance role, environment), never from this file; ``endpoint_url`` only for a moto server."""
+
+    region: str = Field("us-east-1", min_length=1)
+    endpoint_url: str | None = None
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_inline_credentials(cls, v: str | None) -> str | None:
+        return v if v is None else _refuse_inline_password(v, "the AWS credential chain")
+
+
 class Settings(_Model):
     incident: Incident
     mode: Literal["fixture", "lab", "live"] = "fixture"
@@ -332,6 +345,7 @@ class Settings(_Model):
     postgres: Postgres | None = None
     redis: Redis | None = None
     app: App = App()
+    aws: Aws | None = None
 
     @field_validator("signals")
     @classmethod

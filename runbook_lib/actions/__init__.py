@@ -25,6 +25,7 @@ from runbook_lib.actions.action_errors import (
 from runbook_lib.actions.app_config import AppConfig
 from runbook_lib.actions.approval import Decision, decide
 from runbook_lib.actions.audit import STEPS, AuditLog, read_audit
+from runbook_lib.actions.aws_autoscaling import AsgCapacity
 from runbook_lib.actions.cache_warm import CacheWarm
 from runbook_lib.actions.execution import (
     EFFECT_THRESHOLD,
@@ -53,6 +54,7 @@ __all__ = [
     "ActionInputError",
     "ApplyResult",
     "AppConfig",
+    "AsgCapacity",
     "ApprovalRequired",
     "AuditError",
     "AuditLog",

@@ -58,6 +58,10 @@ class Targets:
             return redis_endpoint(self._redis_settings().url)
         if family == "app":
             return app_endpoint(self.settings)
+        if family == "aws":
+            aws = self.settings.aws
+            return f"aws autoscaling {aws.region}" + (f" at {aws.endpoint_url}" if aws and aws.endpoint_url else "") \
+                if aws else "aws (no aws section in the parameters)"
         raise TargetError(f"unknown target family {family!r}")
 
     def _pg_settings(self):
@@ -98,6 +102,22 @@ class Targets:
                 raise TargetUnreachable(self.endpoint("redis"), f"cannot connect to {self.endpoint('redis')}: {redact_text(str(e))}") from None
             self._redis = client
         return self._redis
+
+    def autoscaling(self):
+        """An EC2 Auto Scaling client for the parameters' ``aws`` section (boto3 imported here: it costs a second
+        and only scaling actions need it)."""
+        if getattr(self, "_asg", None) is None:
+            if self.settings.aws is None:
+                raise TargetError("this action needs AWS but the parameters have no aws section",
+                                  hint="add aws: {region: ..., endpoint_url: ... (moto only)}")
+            import boto3
+            from botocore.config import Config
+
+            cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=CONNECT_TIMEOUT_S,
+                         read_timeout=30)
+            session = boto3.session.Session(region_name=self.settings.aws.region)
+            self._asg = session.client("autoscaling", endpoint_url=self.settings.aws.endpoint_url or None, config=cfg)
+        return self._asg
 
     def close(self) -> None:
         if self._pg is not None:

@@ -8,26 +8,21 @@ what these tests rely on.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 import boto3
 import pandas as pd
 import pytest
 
 from runbook_lib.errors import SourceError
-from runbook_lib.lab.servers import free_port, kill_pid, wait_until
+from runbook_lib.lab.servers import free_port
 from runbook_lib.settings import CloudWatchSource as CloudWatchSettings
 from runbook_lib.sources import cloudwatch as cw_module
 from runbook_lib.sources.cloudwatch import CloudWatchSource, cloudwatch_period
+from tests.support.moto_support import start_moto, stop_moto  # noqa: F401 - test_moto_* use them
 
 pytestmark = pytest.mark.slow
 
-MOTO_SERVER = Path(sys.executable).with_name("moto_server")
-START_TIMEOUT_S = 20
 REGION = "us-east-1"
 DB = "orders-db-1"
 MINUTES = 30
@@ -37,31 +32,6 @@ METRICS = {
     "db_connections_active": {"metric": "DatabaseConnections", "stat": "Maximum"},
     "db_query_latency_ms": {"metric": "ReadLatency", "stat": "Average", "scale": 1000.0},
 }
-
-
-def start_moto(tmp: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(tmp / f"moto-{port}.log", "wb")  # noqa: SIM115 - closed by the caller's finalizer
-    proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1) as r:
-            return r.status == 200
-
-    try:
-        wait_until(ready, START_TIMEOUT_S, f"moto_server on port {port}", tmp / f"moto-{port}.log")
-    except Exception:
-        stop_moto(proc)
-        raise
-    return proc, url
-
-
-def stop_moto(proc: subprocess.Popen) -> None:
-    kill_pid(proc.pid, "moto_server")
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
