@@ -13,12 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from runbook_lib.diagnosis_defaults import MAX_STALENESS_S, SAMPLE_SIZE, TARGET_HIT_RATIO, WATCH_EVERY_S
 from runbook_lib.errors import CacheError
-from runbook_lib.plan.cache_sizing import MAX_STALENESS_S, TARGET_HIT_RATIO
 from runbook_lib.redaction import redis_endpoint
-from runbook_lib.report.cache_diagnosis import build_report, render_text
 from runbook_lib.settings import SecretRef, credential_in
-from runbook_lib.sources.redis_snapshot import SAMPLE_SIZE, WATCH_EVERY_S, collect, connect
 
 DEFAULT_WINDOW_S = 10.0
 # A window longer than this is a typo (an hour of waiting at a terminal).
@@ -36,6 +34,10 @@ def _app_config(args) -> dict | None:
 
 
 def run(args) -> int:
+    # imported here: redis and the cache model cost a second, and `runbook --help` builds this parser
+    from runbook_lib.report.cache_diagnosis import build_report, render_text
+    from runbook_lib.sources.redis_snapshot import collect, connect
+
     if credential_in(args.redis):
         raise CacheError("the Redis URL carries a password",
                          hint="put it in an environment variable and pass --password-env NAME")

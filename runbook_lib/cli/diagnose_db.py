@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import psycopg
 from pydantic import ValidationError
 
+from runbook_lib.diagnosis_defaults import PG_MAX_WINDOW_S
 from runbook_lib.errors import PgDiagnosisError
 from runbook_lib.redaction import postgres_endpoint, redact_text
-from runbook_lib.report import db_diagnosis as report
 from runbook_lib.settings import Postgres, SecretRef
-from runbook_lib.sources import pg_statistics as stats
 
 
 def _positive(v: str) -> float:
@@ -37,7 +35,7 @@ def register(subparsers) -> None:
                                           "(HypoPG what-if), connections and a pool size.")
     p.add_argument("--dsn", required=True, help="libpq DSN or URL, without a password")
     p.add_argument("--window", type=_positive, metavar="SECONDS",
-                   help=f"take two snapshots this far apart (<= {stats.MAX_WINDOW_S}); default: since the last "
+                   help=f"take two snapshots this far apart (<= {PG_MAX_WINDOW_S}); default: since the last "
                         "statistics reset")
     p.add_argument("--json", action="store_true", help="print the findings and proposed index DDL as JSON")
     req = p.add_mutually_exclusive_group()
@@ -51,8 +49,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    if args.window and args.window > stats.MAX_WINDOW_S:
-        raise PgDiagnosisError(f"--window {args.window:g} is longer than {stats.MAX_WINDOW_S} s",
+    # imported here: psycopg, pglast and the advisor cost a second, and `runbook --help` builds this parser
+    import psycopg
+
+    if args.window and args.window > PG_MAX_WINDOW_S:
+        raise PgDiagnosisError(f"--window {args.window:g} is longer than {PG_MAX_WINDOW_S} s",
                                hint="diagnose a shorter window, or omit --window to read since the last reset")
     try:
         Postgres(dsn=args.dsn)
@@ -70,7 +71,10 @@ def run(args) -> int:
     return 0
 
 
-def _diagnose(args, password: str | None, endpoint: str) -> report.DbDiagnosis:
+def _diagnose(args, password: str | None, endpoint: str):
+    from runbook_lib.report import db_diagnosis as report
+    from runbook_lib.sources import pg_statistics as stats
+
     with stats.connect(args.dsn, password) as conn:
         if args.window:
             if not args.json:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from runbook_lib.actions.rollback import rollback_run
-from runbook_lib.model import Outcome
 from runbook_lib.redaction import redact_text
+
+if TYPE_CHECKING:
+    from runbook_lib.model import Outcome
 
 
 def register(subparsers) -> None:
@@ -24,6 +26,9 @@ def register(subparsers) -> None:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
+    # imported here: the action framework brings psycopg, redis and pandas, and `runbook --help` builds this parser
+    from runbook_lib.actions.rollback import rollback_run
+
     run_dir = Path(args.run_dir)
     outcomes = rollback_run(run_dir, action_id=args.action, apply=args.apply)
     for line in format_outcomes(outcomes, run_dir, args.apply):

@@ -48,20 +48,9 @@ from scipy.optimize import brentq
 from scipy.special import gammaln
 
 from runbook_lib.diagnose.cache_keys import key_pattern, key_timestamp_s, logical_key, volatile_parts
+from runbook_lib.diagnosis_defaults import MAX_STALENESS_S, TARGET_HIT_RATIO
 
-# The hit ratio the TTL is sized for: issue 6's acceptance figure, 5 points above the SLO default
-# (settings.Slo.cache_hit_ratio, 0.80). A cache sized to hit exactly the SLO would breach it in about half
-# the measurement windows: a 60 s window at 18 req/s holds ~1,000 lookups, +-2 points (95%) from sampling alone.
-TARGET_HIT_RATIO = 0.85
-# How old a cached response may be served: a product decision (``--max-staleness`` overrides it), here where
-# the product's freshness need and the hit-ratio target meet. Every response the seed service caches is a
-# list or total over a window of a day or more (each listed user's orders of the last 7 days, a user's
-# orders of the last 30 days, products by popularity, last-day dashboard totals): 30 minutes old, it misses
-# at most the newest 2% of its shortest window. Its traffic (a Zipf tail over 100k users) needs about that
-# long for 85%; 300 s, the seed incident's fix (fixtures/d2-latency), gives ~76% (the lab's healthy phase
-# measured 0.77, fixtures/README.md). A response that must show a write at once (a user's own new order)
-# needs invalidation on write, not a TTL: pass a lower bound and read the predicted cost in the reasoning.
-MAX_STALENESS_S = 1800.0
+# TARGET_HIT_RATIO, MAX_STALENESS_S: see runbook_lib/diagnosis_defaults.py (the CLI shows them without importing this)
 # The re-request interval reported: the median over requests (the first request of each key has none).
 INTERVAL_QUANTILE = 0.5
 # TTLs are rounded up to one of these (seconds): operators read and set round numbers.

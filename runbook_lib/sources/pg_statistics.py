@@ -31,6 +31,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from runbook_lib.diagnosis_defaults import PG_MAX_WINDOW_S as MAX_WINDOW_S
 from runbook_lib.errors import ExtensionMissing, InsufficientPrivilege, PgDiagnosisError, TargetUnreachable
 from runbook_lib.redaction import postgres_endpoint, redact_text
 from runbook_lib.sources.pg_explain import MARKER, marked
@@ -40,8 +41,6 @@ from runbook_lib.sources.pg_explain import MARKER, marked
 CONNECT_TIMEOUT_S = 10
 READ_STATEMENT_TIMEOUT_MS = 30_000
 APPLICATION_NAME = "runbook-diagnose"
-# The longest --window a terminal user may ask for (an incident window is minutes, not hours).
-MAX_WINDOW_S = 3600
 # pg_stat_statements shows this instead of the text of another role's statement without pg_read_all_stats.
 HIDDEN_QUERY = "<insufficient privilege>"
 

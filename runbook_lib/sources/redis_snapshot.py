@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 import redis
 
+from runbook_lib.diagnosis_defaults import SAMPLE_SIZE, WATCH_EVERY_S
 from runbook_lib.errors import AppMetricsError, CacheError, TargetUnreachable
 from runbook_lib.model import CacheSnapshot  # noqa: F401 - collect() returns it; callers import it from here too
 from runbook_lib.redaction import redact_text, redis_endpoint
@@ -38,8 +39,6 @@ from runbook_lib.redaction import redact_text, redis_endpoint
 INFO_FIELDS = ("keyspace_hits", "keyspace_misses", "evicted_keys", "expired_keys", "used_memory", "maxmemory",
                "maxmemory_policy", "connected_clients", "uptime_in_seconds", "used_memory_dataset",
                "used_memory_overhead", "maxmemory_samples", "redis_version")
-# Sample size: 2000 keys puts a pattern holding 5% of the keyspace at ~100 sampled keys.
-SAMPLE_SIZE = 2000
 # SCAN COUNT per call. Redis docs (SCAN): COUNT is a hint of work per call, default 10; 100 keeps each
 # call well under a millisecond while needing few round trips.
 SCAN_COUNT = 100
@@ -48,11 +47,6 @@ SCAN_COUNT = 100
 SCAN_PAUSE_S = 0.002
 # At most this many SCAN calls per sample: on a huge, sparse keyspace (MATCH filtering) the sampler stops.
 MAX_SCAN_CALLS = 10_000
-# During the window, a names-only SCAN pass every WATCH_EVERY_S: with the seed's 5 s TTL every key is seen
-# at least once, so the versions of each logical key (its requests) are counted over the whole window,
-# not only over the last TTL. SCAN does not count as a keyspace hit or miss (it may expire keys that are
-# already past their TTL, as Redis's own expiry would).
-WATCH_EVERY_S = 2.0
 # Names kept from the watch passes (a bound on memory; 50k names is a few MB).
 MAX_WATCHED_NAMES = 50_000
 # Bounded waits on the network.
