@@ -107,7 +107,7 @@ def _pct(x: float) -> str:
 # --- the popularity model -----------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=8192)  # the fit's grid visits a few thousand family sizes; each entry is a few kB
 def _rank_grid(n_keys: int) -> tuple[np.ndarray, np.ndarray]:
     """Representative ranks of a family of ``n_keys`` keys and how many keys each stands for: ranks
     1..EXACT_RANKS one by one, then geometric bins RANK_BIN_RATIO wide (their geometric middle)."""
@@ -154,6 +154,32 @@ def fill_hit_ratio(rate: float, exponent: float, n_keys: int, t_s: float) -> flo
     since, 1 - e^(-λt), weighted by rate."""
     lam, mult = key_rates(rate, exponent, n_keys)
     return float((mult * lam * -np.expm1(-lam * t_s)).sum() / rate) if rate > 0 else float("nan")
+
+
+@lru_cache(maxsize=64)
+def _band_groups(band: tuple[tuple[float, int], ...]) -> tuple[tuple[int, np.ndarray, np.ndarray], ...]:
+    """The band's (exponent, size) pairs grouped by size: (size, positions in the band, exponents)."""
+    by: dict[int, list[int]] = {}
+    for i, (_, n) in enumerate(band):
+        by.setdefault(int(n), []).append(i)
+    return tuple((n, np.asarray(idx), np.asarray([band[i][0] for i in idx], dtype=float)) for n, idx in by.items())
+
+
+def band_values(rate: float, band: tuple[tuple[float, int], ...], ttl_s: float, what: str) -> np.ndarray:
+    """``steady_hit_ratio`` (what="hit") or ``cached_keys`` (what="cached") for every (exponent, size) of a
+    fit's band at once: one matrix per family size instead of a Python call per pair (the band holds
+    thousands of pairs, and the TTL search evaluates it for every candidate TTL)."""
+    out = np.empty(len(band))
+    for n, idx, exps in _band_groups(band):
+        ranks, mult = _rank_grid(n)
+        w = np.exp(-exps[:, None] * np.log(ranks)[None, :])  # ranks ** -exponent, without a log per element
+        lam = rate * w / (w @ mult)[:, None]
+        x = lam * ttl_s
+        if what == "hit":
+            out[idx] = (mult * lam * x / (1 + x)).sum(axis=1) / rate if rate > 0 else np.nan
+        else:
+            out[idx] = (mult * x / (1 + x)).sum(axis=1)
+    return out
 
 
 @dataclass(frozen=True)
@@ -252,13 +278,12 @@ class Family:
     def hit_ratio(self, ttl_s: float) -> dict[str, float]:
         fit = steady_hit_ratio(self.rate_per_s, self.fit.exponent, self.fit.keys, ttl_s)
         lo, hi = self.rate_range
-        return {"fit": fit,
-                "low": min(steady_hit_ratio(lo, s, n, ttl_s) for s, n in self.fit.band),
-                "high": max(steady_hit_ratio(hi, s, n, ttl_s) for s, n in self.fit.band)}
+        return {"fit": fit, "low": float(band_values(lo, self.fit.band, ttl_s, "hit").min()),
+                "high": float(band_values(hi, self.fit.band, ttl_s, "hit").max())}
 
     def cached_keys(self, ttl_s: float) -> dict[str, float]:
         return {"fit": cached_keys(self.rate_per_s, self.fit.exponent, self.fit.keys, ttl_s),
-                "high": max(cached_keys(self.rate_range[1], s, n, ttl_s) for s, n in self.fit.band)}
+                "high": float(band_values(self.rate_range[1], self.fit.band, ttl_s, "cached").max())}
 
     def summary(self) -> dict[str, Any]:
         exps = [s for s, _ in self.fit.band]
