@@ -85,26 +85,22 @@ def _existing_prefixes(indexes: pd.DataFrame) -> dict[str, list[tuple[str, ...]]
     return out
 
 
-def _blocks_per_row(row) -> float | None:
-    if "shared_blks_hit" not in row.index or "shared_blks_read" not in row.index:
-        return None
-    return float(blocks_per_row(pd.DataFrame([row.to_dict()])).iloc[0])
-
-
 def candidates(statements: pd.DataFrame, heavy_tables: list[str], indexes: pd.DataFrame) -> list[dict]:
     """[{table, columns, reason, share}] for filtered statements on seq-scan-heavy tables, or reading over
     MAX_BLOCKS_PER_ROW pages per row returned with MIN_WASTE_SHARE of DB time; biggest DB time first."""
     existing = _existing_prefixes(indexes)
     seen: set[tuple] = set()
     out = []
-    for _, row in statements.iterrows():
+    has_buffers = "shared_blks_hit" in statements and "shared_blks_read" in statements
+    per_row = blocks_per_row(statements) if has_buffers and len(statements) else None
+    for i, (_, row) in enumerate(statements.iterrows()):
         parsed = statement_columns(row["query"])
         if not parsed:
             continue
         table, filters, order = parsed
         if not filters:
             continue
-        bpr = _blocks_per_row(row)
+        bpr = float(per_row.iloc[i]) if per_row is not None else None
         wasteful = bpr is not None and bpr >= MAX_BLOCKS_PER_ROW and row["time_share"] >= MIN_WASTE_SHARE
         if table not in heavy_tables and not wasteful:
             continue

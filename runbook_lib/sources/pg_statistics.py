@@ -126,6 +126,13 @@ def connect(dsn: str, password: str | None = None) -> psycopg.Connection:
     return conn
 
 
+def connect_settings(pg) -> psycopg.Connection:
+    """A statistics connection from the parameters' ``postgres`` section (``Postgres{dsn, password: SecretRef}``):
+    the password from the SecretRef, never from the DSN."""
+    password = pg.password.reveal().get_secret_value() if pg.password is not None else None
+    return connect(pg.dsn, password)
+
+
 def _frame(cur: psycopg.Cursor, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(cur.fetchall(), columns=columns)
 

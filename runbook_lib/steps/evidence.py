@@ -151,11 +151,10 @@ def index_candidates(settings: Settings, source, snap: Snapshots) -> list[dict]:
 
 
 def pg_connect(pg: Postgres) -> psycopg.Connection:
-    """A statistics-reading connection; the password from the SecretRef, never from the DSN."""
+    """A statistics-reading connection (``pg_statistics.connect_settings``, imported when used)."""
     from runbook_lib.sources import pg_statistics as stats
 
-    password = pg.password.reveal().get_secret_value() if pg.password is not None else None
-    return stats.connect(pg.dsn, password)
+    return stats.connect_settings(pg)
 
 
 def pg_snapshots(pg: Postgres, window_s: float | None = None, request_rate: float | None = None,

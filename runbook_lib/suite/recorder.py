@@ -123,8 +123,7 @@ def _wait_until_time(t: datetime, what: str, max_wait_s: float = MAX_WAIT_S) -> 
 def _pg_connect(settings: Settings):
     if settings.postgres is None:
         raise RecordError("the parameters have no postgres section", hint="add postgres.dsn (see parameters/)")
-    pw = settings.postgres.password.reveal().get_secret_value() if settings.postgres.password else None
-    return pg_stats.connect(settings.postgres.dsn, pw)
+    return pg_stats.connect_settings(settings.postgres)
 
 
 class Snapshotter:

@@ -1,7 +1,7 @@
 """TerminateIdleSessions and SetParameter through the framework, on the private PostgreSQL.
 
 Real sessions only: psycopg connections that BEGIN, run a SELECT and then sit idle in transaction.
-Every server check goes through the test's own connections; every wait is bounded (DEADLINE_S);
+Every server check goes through the test's own connections; every wait is bounded (actions_support.SESSION_DEADLINE_S);
 sessions, roles and ALTER SYSTEM entries are cleaned up in ``finally`` / fixtures.
 """
 
@@ -46,7 +46,6 @@ from tests.support.actions_support import (
 pytestmark = pytest.mark.slow
 pg_dsn = test_actions_support.pg_dsn  # the fixture: a fresh database per test
 
-DEADLINE_S = 15.0
 MIN_IDLE_S = 1.0  # the action's floor: the sessions only have to sit a little over a second
 LEAKY = "leaky-batch"
 # the leaked transaction's last query carries a credential-looking token: the capture must redact it

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import psycopg
@@ -19,9 +18,9 @@ import redis
 import yaml
 from psycopg import sql
 
-from runbook_lib.lab.servers import free_port
 from runbook_lib.run_folder import AUDIT_FILE
 from runbook_lib.settings import Settings
+from tests.support.cache_support import ServedInThread
 
 PLANTED = "planted-s3cret-XYZ"
 PG_SECRET_ENV = "RUNBOOK_SECRET_PG"
@@ -161,9 +160,11 @@ def wait_idle_in_transaction(dsn: str, conns: list[psycopg.Connection], older_th
     poll(old_enough, f"{len(pids)} sessions idle in transaction for {older_than_s} s")
 
 
-class AdminApp:
+class AdminApp(ServedInThread):
     """A real HTTP admin endpoint on loopback holding an app's knobs (GET the object, PATCH a merge body),
     with a bearer token, as the app.config action expects (``app.admin_url``)."""
+
+    join_timeout_s = 5
 
     def __init__(self, knobs: dict, token: str):
         self.knobs, self.token, self.requests = dict(knobs), token, []
@@ -195,15 +196,5 @@ class AdminApp:
                 app.knobs.update(body)
                 self._reply(200, app.knobs)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.serve(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/admin/config"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)

@@ -73,7 +73,28 @@ def info(url: str, section: str | None = None) -> dict:
         return r.info(section) if section else r.info()
 
 
-class FakeApp:
+class ServedInThread:
+    """A ThreadingHTTPServer on a free loopback port, served from a thread while the ``with`` block runs.
+    Subclasses build ``self.server`` with ``serve(handler)``; the block's end shuts it down (bounded join)."""
+
+    join_timeout_s = 10
+
+    def serve(self, handler) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=self.join_timeout_s)
+
+
+class FakeApp(ServedInThread):
     """A tiny threaded HTTP app: /api/... answers a JSON body naming the path, after an optional hook;
     /metrics serves cache counters that grow by fixed amounts per scrape. Records concurrency."""
 
@@ -117,9 +138,7 @@ class FakeApp:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.serve(Handler)
 
     @property
     def url(self) -> str:
@@ -138,12 +157,3 @@ class FakeApp:
             hits.labels(route).inc(h)
             misses.labels(route).inc(m)
         return generate_latest(reg).decode()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
