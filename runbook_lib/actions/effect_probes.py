@@ -7,7 +7,12 @@ sub-windows for the noise, and returns an ``effect_verdict.Measurement``:
   memory, policy, warming); the interval is Wilson's on the window's lookups;
 * ``StatementProbe``: the target statements' pg_stat_statements deltas (an index: the statements it was
   proposed for, matched by their text); value = mean ms per call, interval = Student's t over the
-  sub-windows' means, with buffers per call in the detail.
+  sub-windows' means, with buffers per call in the detail;
+* ``SignalProbe``: one catalog signal of the service (an app knob's ``effect_signal``: the 5xx ratio for a pool
+  timeout, p95 for scaling) read from the metrics source per sub-window, each sub-window's value resting only
+  on samples inside it (``sources.prometheus.sub_window_values``); value = mean of the sub-windows, interval =
+  Student's t over them. A service-wide signal also moves with the other changes of the same window: the
+  probe says so (``shared_window_with``) instead of claiming the effect for one action.
 
 Actions name their probe through ``probe_for(action, targets)``; a probe's ``key`` says what it measures, so
 actions that act on the same thing share one window (and one verdict), and the others are measured side by
@@ -22,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runbook_lib.actions.effect_verdict import Measurement, mean_interval, wilson
+from runbook_lib.signal_catalog import CATALOG
 
 # Lookups / calls a window needs before its value means anything (fewer: "inconclusive", never a guess).
 # 100 lookups put a hit ratio's 95 % interval within about +-10 points; 20 calls give a t interval on
@@ -29,6 +35,11 @@ from runbook_lib.actions.effect_verdict import Measurement, mean_interval, wilso
 MIN_LOOKUPS = 100
 MIN_CALLS = 20
 SUB_WINDOWS = 5
+# A signal probe needs this many of its sub-windows to hold data (a t interval on fewer is too wide to judge).
+MIN_SIGNAL_SUB_WINDOWS = 3
+
+# (signal name, window start, window end, sub-windows) -> one value per sub-window (None: no data there)
+SignalReader = Callable[[str, datetime, datetime, int], list]
 
 
 def _now() -> str:
@@ -104,10 +115,32 @@ class StatementProbe:
                            {"buffers_per_call": blocks / calls if calls else None, "sub_window_means_ms": means})
 
 
-def probe_for(action: Any, targets: Any) -> KeyspaceProbe | StatementProbe | None:
-    """The direct probe of an action's effect, or None when it has none here (then the signal-based measure,
-    if any, judges it). Cache actions read the Redis the parameters name; an index reads its target
-    statements on the PostgreSQL it was built on."""
+class SignalProbe:
+    """One service signal over a window, from samples inside the window only."""
+
+    def __init__(self, read: SignalReader, signal: str, higher_is_worse: bool, label: str, endpoint: str):
+        self.read, self.signal, self.higher_is_worse = read, signal, higher_is_worse
+        self.key = f"signal {endpoint} {signal}"
+        self.label = f"{label} (service-wide)"
+
+    def window(self, seconds: float, sleep: Callable[[float], None] = time.sleep) -> Measurement:
+        start = datetime.now(UTC)
+        sleep(seconds)
+        end = datetime.now(UTC)
+        values = self.read(self.signal, start, end, SUB_WINDOWS)
+        seen = [v for v in values if v is not None]
+        value, low, high = mean_interval(seen)
+        return Measurement(self.label, value if seen else None, low if seen else None, high if seen else None,
+                           len(seen), start.isoformat(timespec="milliseconds"),
+                           end.isoformat(timespec="milliseconds"), SUB_WINDOWS, len(seen) >= MIN_SIGNAL_SUB_WINDOWS,
+                           {"per_sub_window": values, "sub_window_s": seconds / SUB_WINDOWS})
+
+
+def probe_for(action: Any, targets: Any, read_signal: SignalReader | None = None,
+              signals: Any = ()) -> KeyspaceProbe | StatementProbe | SignalProbe | None:
+    """The probe of an action's effect, or None when nothing here can measure it. Cache actions read the Redis
+    the parameters name; an index reads its target statements on the PostgreSQL it was built on; any other
+    action reads its ``effect_signal`` through ``read_signal`` when the source has it (``signals``)."""
     kind = action.kind
     try:
         if kind in ("redis.config_set", "cache.warm") or (
@@ -119,6 +152,10 @@ def probe_for(action: Any, targets: Any) -> KeyspaceProbe | StatementProbe | Non
             if targets.settings.postgres is None:
                 return None
             return StatementProbe(targets.postgres(), action.inputs.verify_statements, targets.endpoint("postgres"))
+        signal = CATALOG.get(getattr(action, "effect_signal", ""))
+        if read_signal is not None and signal is not None and signal.name in signals:
+            return SignalProbe(read_signal, signal.name, signal.higher_is_worse, signal.label,
+                               targets.settings.source.url if hasattr(targets.settings.source, "url") else "source")
     except Exception:  # noqa: BLE001 - no probe is no measurement, never a failed change
         return None
     return None

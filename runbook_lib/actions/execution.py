@@ -37,7 +37,7 @@ from runbook_lib.actions.action_errors import (
 )
 from runbook_lib.actions.approval import decide
 from runbook_lib.actions.audit import AuditLog, Stopwatch, read_audit
-from runbook_lib.actions.effect_probes import probe_for
+from runbook_lib.actions.effect_probes import SignalProbe, SignalReader, probe_for
 from runbook_lib.actions.effect_verdict import EFFECT_THRESHOLD, Measurement, verdict
 from runbook_lib.actions.framework import Action, Plan
 from runbook_lib.actions.rollback import undo, unresolved
@@ -129,7 +129,8 @@ class _Run:
 
 def execute(actions: Iterable[Action], settings: Settings, run_dir: str | Path, actor: str | None = None,
             measure: Measure | None = None, *, verify_window_s: float = VERIFY_WINDOW_S,
-            verify_samples: int = VERIFY_SAMPLES, probe_window_s: float | None = None) -> list[Outcome]:
+            verify_samples: int = VERIFY_SAMPLES, probe_window_s: float | None = None,
+            read_signal: SignalReader | None = None, signals: Iterable[str] = ()) -> list[Outcome]:
     """Plan, and when the parameters allow, apply + verify + assess every action, in order.
 
     Dry run (the default): audits ``planned`` lines, opens no connection, changes nothing.
@@ -138,7 +139,9 @@ def execute(actions: Iterable[Action], settings: Settings, run_dir: str | Path, 
     ``probe_window_s``: judge each action's effect by direct measurement (``effect_probes``): one shared
     before-window for all probes, the changes, then one shared after-window that starts after the last change
     (actions measuring the same thing share a verdict); ``measure`` then judges only the actions without a
-    probe. Without it, each action is judged by ``measure`` alone, in turn.
+    probe. Without it, each action is judged by ``measure`` alone, in turn. ``read_signal`` (with the names
+    of the ``signals`` it can read) lets an action without a direct probe be judged on its ``effect_signal``
+    over the same windows, from samples inside them only.
     """
     actions = list(actions)
     _check_unique(actions)
@@ -155,7 +158,7 @@ def execute(actions: Iterable[Action], settings: Settings, run_dir: str | Path, 
     with Targets(settings) as targets:
         run = _Run(targets, log, fields, settings, run_dir, measure, verify_window_s, verify_samples)
         discover(run_dir, targets, log, fields)
-        groups = _probe_groups(actions, targets) if probe_window_s else {}
+        groups = _probe_groups(actions, targets, read_signal, set(signals)) if probe_window_s else {}
         run.probed = {a.id for _, acts in groups.values() for a in acts}
         before = _measure_groups(groups, probe_window_s, "before") if groups else {}
         for a in actions:
@@ -328,11 +331,12 @@ def _assess(action: Action, out: Outcome, run: _Run, fields: dict[str, Any], pri
 # --- verify loop by direct measurement (effect_probes) ----------------------------------------------
 
 
-def _probe_groups(actions: list[Action], targets: Targets) -> dict[str, tuple[Any, list[Action]]]:
+def _probe_groups(actions: list[Action], targets: Targets, read_signal: SignalReader | None = None,
+                  signals: set[str] | None = None) -> dict[str, tuple[Any, list[Action]]]:
     """probe key -> (probe, the actions it judges), in plan order."""
     groups: dict[str, tuple[Any, list[Action]]] = {}
     for a in actions:
-        probe = probe_for(a, targets)
+        probe = probe_for(a, targets, read_signal, signals or set())
         if probe is not None:
             groups.setdefault(probe.key, (probe, []))[1].append(a)
     return groups
@@ -362,10 +366,13 @@ def _assess_groups(groups: dict[str, tuple[Any, list[Action]]], before: dict[str
     outcomes = {o.action_id: o for o in run.done}
     changed = [k for k, (_, acts) in groups.items() if any(outcomes[a.id].changed for a in acts)]
     after = _measure_groups(groups, window_s, "after", changed)
+    all_changed = [o.action_id for o in run.done if o.changed]
     for key in changed:
         probe, acts = groups[key]
         v = verdict(before.get(key), after.get(key), probe.higher_is_worse)
         ids = [a.id for a in acts]
+        # a service-wide signal moves with every change of the window, not only with the ones it judges
+        others = [i for i in all_changed if i not in ids] if isinstance(probe, SignalProbe) else []
         for a in acts:
             out = outcomes[a.id]
             b, af = before.get(key), after.get(key)
@@ -373,10 +380,12 @@ def _assess_groups(groups: dict[str, tuple[Any, list[Action]]], before: dict[str
             fields = {**run.fields, "endpoint": run.targets.endpoint(a.family)}
             run.log.append("assessed", **_common(a, fields), result=v, measured=probe.label,
                            before=b.as_dict() if b else None, after=af.as_dict() if af else None,
-                           shared_with=[i for i in ids if i != a.id], threshold=EFFECT_THRESHOLD,
+                           shared_with=[i for i in ids if i != a.id], shared_window_with=others,
+                           threshold=EFFECT_THRESHOLD,
                            auto_rollback=bool(run.settings.remediation.auto_rollback and v == "worse"))
             out.message = f"{out.message}; {probe.label}: {v}" + (
-                f" (measured together with {', '.join(i for i in ids if i != a.id)})" if len(ids) > 1 else "")
+                f" (measured together with {', '.join(i for i in ids if i != a.id)})" if len(ids) > 1 else "") + (
+                f"; the same window also holds {', '.join(others)}, which may move it too" if others else "")
         if v == "worse" and run.settings.remediation.auto_rollback:
             _roll_back_group(acts, outcomes, probe, b, af, run, window_s)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,6 +146,29 @@ class PrometheusSource(SignalSource):
         except requests.exceptions.RequestException as e:
             raise self._request_error(name, e) from None
 
+    def sub_window_values(self, name: str, start: datetime, end: datetime, parts: int) -> list[float | None]:
+        """The signal over each of ``parts`` equal, consecutive sub-windows of [start, end], each value resting on
+        samples inside its own sub-window only (the verify loop's "after" must hold no pre-change data).
+
+        The query's range selectors (``rate(x[30s])``) are rewritten to the sub-window's length and the query
+        is evaluated at each sub-window's end (instant queries: ``query_range`` through the client rounds times
+        to whole seconds). A sub-window without data (shorter than two scrapes, say) is None. Raises
+        SourceError for a query whose value cannot be confined to a window (a subquery or an ``offset``)."""
+        t0 = pd.Timestamp(start).timestamp()
+        length = (pd.Timestamp(end).timestamp() - t0) / parts
+        query = confined_to(self.queries[name], length)
+        values: list[float | None] = []
+        for i in range(1, parts + 1):
+            try:
+                result = self._client().custom_query(query, params={"time": f"{t0 + i * length:.3f}"})
+            except PrometheusApiClientException as e:
+                raise self._http_error(name, *_api_error(str(e))) from None
+            except requests.exceptions.RequestException as e:
+                raise self._request_error(name, e) from None
+            value = float(result[0]["value"][1]) if len(result) == 1 else None
+            values.append(value if value is not None and math.isfinite(value) else None)
+        return values
+
     def _request_error(self, name: str, e: requests.exceptions.RequestException) -> SourceError:
         if _is_timeout(e):
             return SourceError(
@@ -191,6 +215,21 @@ def chunk_range(start: pd.Timestamp, end: pd.Timestamp, step_seconds: int,
         b = first + (min(i + max_points, n_points) - 1) * step_seconds
         chunks.append((_utc(a), _utc(b)))
     return chunks
+
+
+# A PromQL range selector: ``[30s]``, ``[1m30s]`` (a subquery ``[5m:1m]`` has a colon and is not one).
+_RANGE = re.compile(r"\[\s*((?:\d+(?:ms|s|m|h|d|w|y))+)\s*\]")
+_SUBQUERY = re.compile(r"\[[^\]]*:[^\]]*\]")
+_OFFSET = re.compile(r"\boffset\b|@\s*[\d.]+|@\s*(?:start|end)\(\)")
+
+
+def confined_to(query: str, seconds: float) -> str:
+    """``query`` with every range selector set to ``seconds``, so a value at time t rests only on samples in
+    (t - seconds, t]. SourceError for a query that reads outside its window by construction."""
+    if _SUBQUERY.search(query) or _OFFSET.search(query):
+        raise SourceError(f"the query {query!r} has a subquery, offset or @ modifier: its value cannot be confined "
+                          "to a window after a change", hint="measure this signal with a plain rate()/gauge query")
+    return _RANGE.sub(f"[{max(1, round(seconds * 1000))}ms]", query)
 
 
 def _utc(epoch: float) -> datetime:

@@ -84,29 +84,9 @@ def plan_frame(entries: list[Entry]) -> pd.DataFrame:
     return pd.DataFrame(rows, index=pd.Index([e.id for e in entries], name="id"))
 
 
-# Verify loop in lab/live mode: the current value of a signal is its median over this trailing window
-# (four 30 s rate() samples: long enough to smooth scrape jitter, short enough to see a change).
-MEASURE_TRAILING_S = 120
-
-
-def live_measure(step):
-    """A verify-loop measure reading each action's effect signal from the live source, or None for a
-    recorded bundle (its data cannot react to a change)."""
-    if step.settings.source.kind == "fixture":
-        return None
-
-    def read(signal: str) -> float | None:
-        end = pd.Timestamp.now(tz="UTC")
-        df = step.source.fetch([signal], end - pd.Timedelta(seconds=MEASURE_TRAILING_S), end,
-                               step.settings.window.step_seconds)
-        values = df[signal].dropna()
-        return float(values.median()) if len(values) else None
-
-    return fw.by_signal(read)
-
-
 # Verify loop by direct measurement (actions.effect_probes) in lab/live mode: one shared window before the
-# changes and one after, each this long. 30 s holds ~500 lookups and ~100 calls of a hot statement at the
+# changes and one after, each this long; a signal from Prometheus is read per 6 s sub-window (five of them),
+# which needs a scrape interval of 3 s or less to hold two samples (the lab scrapes every second). 30 s holds ~500 lookups and ~100 calls of a hot statement at the
 # lab's 18 req/s (enough for the probes' minimums), and costs 1 minute for the whole plan instead of one
 # wait per action.
 PROBE_WINDOW_S = 30.0
@@ -114,12 +94,15 @@ PROBE_WINDOW_S = 30.0
 
 def execute(entries: list[Entry], step) -> list[dict]:
     """Run the executable entries through the framework (dry run unless the parameters allow). In lab/live
-    mode, cache and index actions are judged by direct measurement over shared windows, the others on their
-    signal."""
+    mode, every change is judged over shared windows: cache and index actions by direct measurement, the
+    others on their signal from the metrics source, from samples inside the windows only. Recorded data
+    (fixture mode) cannot react to a change: nothing is judged there."""
     runnable = [e.executor for e in entries if e.executor is not None]
     live = step.settings.source.kind != "fixture"
-    done = {o.action_id: o for o in fw.execute(runnable, step.settings, step.run_dir, measure=live_measure(step),
-                                               probe_window_s=PROBE_WINDOW_S if live else None)}
+    reader = getattr(step.source, "sub_window_values", None) if live else None
+    done = {o.action_id: o for o in fw.execute(runnable, step.settings, step.run_dir,
+                                               probe_window_s=PROBE_WINDOW_S if live else None, read_signal=reader,
+                                               signals=step.source.available() if reader else ())}
     out = []
     for e in entries:
         if e.executor is None:
@@ -130,6 +113,58 @@ def execute(entries: list[Entry], step) -> list[dict]:
         out.append({"id": o.action_id, "status": o.status, "changed": o.changed,
                     "verified": o.verified, "effect": o.effect, "message": o.message})
     return out
+
+
+def _window(m: dict | None) -> str:
+    if not m:
+        return "no measurement"
+    if m.get("value") is None:
+        return f"no data ({m['events']} events)"
+    return (f"{m['value']:.4g} [{m['low']:.4g}, {m['high']:.4g}], {m['events']} events, "
+            f"{m['window_start'][11:19]}-{m['window_end'][11:19]}")
+
+
+def effects_frame(step, outcomes: list[dict]) -> pd.DataFrame:
+    """One row per change this run applied and judged: what was measured, the before and after windows (value,
+    95 % interval, events, UTC times), the verdict, and what else shares the verdict or the window. Read from
+    the audit (the last judgement of each action: a run folder may hold earlier runs too)."""
+    changed = {o["id"] for o in outcomes if o["changed"]}
+    last: dict[str, int] = {}
+    records = fw.read_audit(step.run_dir).records
+    for n, r in enumerate(records):
+        if r["step"] == "applied" and r.get("action_id") in changed:
+            last[r["action_id"]] = n
+    rows = []
+    for n, r in enumerate(records):
+        if r.get("action_id") not in last or n < last[r["action_id"]]:
+            continue
+        if r["step"] == "assessed" and "measured" in r:
+            shared = r.get("shared_with") or []
+            window = r.get("shared_window_with") or []
+            rows.append({"id": r["action_id"], "measured": r["measured"], "before": _window(r.get("before")),
+                         "after": _window(r.get("after")), "verdict": r["result"],
+                         "attribution": ("shares the verdict with " + ", ".join(shared) if shared else
+                                         "measured on what only this change touches" if not window else
+                                         "service-wide; the window also holds " + ", ".join(window)),
+                         "rolled back": bool(r.get("auto_rollback"))})
+        elif r["step"] == "reassessed" and rows:
+            for row in rows:
+                if row["id"] == r["action_id"]:
+                    row["after rollback"] = _window(r.get("after_rollback"))
+    cols = ["measured", "before", "after", "verdict", "attribution", "rolled back", "after rollback"]
+    return pd.DataFrame(rows, columns=["id", *cols]).set_index("id")
+
+
+def effects_note(step, frame: pd.DataFrame) -> str:
+    if step.settings.source.kind == "fixture":
+        return ("**Concluded.** Nothing measured: recorded data cannot react to a change. In lab or live mode "
+                "each applied change is judged here over a window before and one after the changes.")
+    if frame.empty:
+        return "**Concluded.** No change was applied, so there is no effect to measure."
+    counts = frame["verdict"].value_counts()
+    return ("**Concluded.** " + ", ".join(f"{n} {v}" for v, n in counts.items()) +
+            ". Every *after* window starts after the last change (times in UTC); an interval is the 95 % "
+            "range of the value over the window's sub-windows.")
 
 
 def outcomes_frame(outcomes: list[dict]) -> pd.DataFrame:

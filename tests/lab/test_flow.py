@@ -83,9 +83,8 @@ def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
         assessed = [a for a in audit if a["step"] == "assessed"]
         assert applied and assessed, [a["step"] for a in audit]
         last_change = max(datetime.fromisoformat(a["ts"]) for a in applied)
-        for a in assessed:
-            if a.get("after"):  # a direct probe: its window holds post-change data only
-                assert datetime.fromisoformat(a["after"]["window_start"]) >= last_change, a
+        for a in assessed:  # every verdict rests on a window of post-change data only
+            assert a.get("after") and datetime.fromisoformat(a["after"]["window_start"]) >= last_change, a
         cache = [a for a in assessed if a.get("measured", "").startswith("Redis keyspace hit ratio")]
         assert cache and {a["result"] for a in cache} == {"helped"}, [(a["action_id"], a["result"]) for a in cache]
         index = [a for a in assessed if a["kind"] == "postgres.create_index"]
