@@ -103,10 +103,12 @@ class Targets:
             self._redis = client
         return self._redis
 
-    def autoscaling(self):
-        """An EC2 Auto Scaling client for the parameters' ``aws`` section (boto3 imported here: it costs a second
-        and only scaling actions need it)."""
-        if getattr(self, "_asg", None) is None:
+    def aws_client(self, service: str):
+        """A boto3 client of ``service`` ("autoscaling", "application-autoscaling", ...) for the parameters'
+        ``aws`` section, one per service per run (boto3 imported here: it costs a second and only scaling
+        actions need it)."""
+        clients = self.__dict__.setdefault("_aws_clients", {})
+        if service not in clients:
             if self.settings.aws is None:
                 raise TargetError("this action needs AWS but the parameters have no aws section",
                                   hint="add aws: {region: ..., endpoint_url: ... (moto only)}")
@@ -116,8 +118,12 @@ class Targets:
             cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=CONNECT_TIMEOUT_S,
                          read_timeout=30)
             session = boto3.session.Session(region_name=self.settings.aws.region)
-            self._asg = session.client("autoscaling", endpoint_url=self.settings.aws.endpoint_url or None, config=cfg)
-        return self._asg
+            clients[service] = session.client(service, endpoint_url=self.settings.aws.endpoint_url or None, config=cfg)
+        return clients[service]
+
+    def autoscaling(self):
+        """The EC2 Auto Scaling client."""
+        return self.aws_client("autoscaling")
 
     def close(self) -> None:
         if self._pg is not None:
