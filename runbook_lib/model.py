@@ -273,6 +273,11 @@ def asg_capacity_action_id(group: str) -> str:
     return "aws-asg-capacity-" + slug(group)
 
 
+def app_autoscaling_action_id(resource_id: str, dimension: str) -> str:
+    """The id of setting the Application Auto Scaling target (and its policy) of a resource's dimension."""
+    return "aws-app-autoscaling-" + slug(resource_id, dimension)
+
+
 def pg_terminate_action_id(application_name: str | None = None, usename: str | None = None) -> str:
     """The id of terminating the idle-in-transaction sessions of this application / role (either may be absent)."""
     return "pg-terminate-idle-tx" + "".join("-" + slug(p) for p in (application_name, usename) if p)

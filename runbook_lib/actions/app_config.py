@@ -191,7 +191,9 @@ class AppConfig(Action):
 
     def __init__(self, inputs=None, **kwargs):
         super().__init__(inputs, **kwargs)
-        if not set(self.names) & set(CACHE_KNOBS):
+        if "replicas" in self.names:  # scaling: p95 at the same traffic, with the throughput beside it
+            self.effect_signal, self.also_measure = "latency_p95_ms", ("request_rate",)
+        elif not set(self.names) & set(CACHE_KNOBS):
             self.effect_signal = "error_ratio"  # pool knobs: their effect shows on 5xx
 
     @property

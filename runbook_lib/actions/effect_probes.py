@@ -118,9 +118,10 @@ class StatementProbe:
 class SignalProbe:
     """One service signal over a window, from samples inside the window only."""
 
-    def __init__(self, read: SignalReader, signal: str, higher_is_worse: bool, label: str, endpoint: str):
-        self.read, self.signal, self.higher_is_worse = read, signal, higher_is_worse
-        self.key = f"signal {endpoint} {signal}"
+    def __init__(self, read: SignalReader, signal: str, higher_is_worse: bool, label: str, endpoint: str,
+                 also: tuple[str, ...] = ()):
+        self.read, self.signal, self.higher_is_worse, self.also = read, signal, higher_is_worse, tuple(also)
+        self.key = f"signal {endpoint} {' '.join((signal, *self.also))}"
         self.label = f"{label} (service-wide)"
 
     def window(self, seconds: float, sleep: Callable[[float], None] = time.sleep) -> Measurement:
@@ -133,7 +134,13 @@ class SignalProbe:
         return Measurement(self.label, value if seen else None, low if seen else None, high if seen else None,
                            len(seen), start.isoformat(timespec="milliseconds"),
                            end.isoformat(timespec="milliseconds"), SUB_WINDOWS, len(seen) >= MIN_SIGNAL_SUB_WINDOWS,
-                           {"per_sub_window": values, "sub_window_s": seconds / SUB_WINDOWS})
+                           {"per_sub_window": values, "sub_window_s": seconds / SUB_WINDOWS,
+                            **{name: _mean(self.read(name, start, end, SUB_WINDOWS)) for name in self.also}})
+
+
+def _mean(values: list) -> float | None:
+    seen = [v for v in values if v is not None]
+    return sum(seen) / len(seen) if seen else None
 
 
 def probe_for(action: Any, targets: Any, read_signal: SignalReader | None = None,
@@ -154,8 +161,9 @@ def probe_for(action: Any, targets: Any, read_signal: SignalReader | None = None
             return StatementProbe(targets.postgres(), action.inputs.verify_statements, targets.endpoint("postgres"))
         signal = CATALOG.get(getattr(action, "effect_signal", ""))
         if read_signal is not None and signal is not None and signal.name in signals:
+            also = tuple(n for n in getattr(action, "also_measure", ()) if n in signals)
             return SignalProbe(read_signal, signal.name, signal.higher_is_worse, signal.label,
-                               targets.settings.source.url if hasattr(targets.settings.source, "url") else "source")
+                               getattr(targets.settings.source, "url", "source"), also)
     except Exception:  # noqa: BLE001 - no probe is no measurement, never a failed change
         return None
     return None

@@ -81,6 +81,7 @@ class Action(ABC):
     family: ClassVar[str]  # which connection it needs: "postgres" | "redis"
     Inputs: ClassVar[type[Inputs]]
     effect_signal: ClassVar[str]  # the catalog signal the verify loop re-measures
+    also_measure: ClassVar[tuple[str, ...]] = ()  # signals read beside it over the same windows (context only)
     risk: ClassVar[str] = "medium"
     reversible: ClassVar[bool] = True
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from runbook_lib.actions.action_errors import ActionInputError
 from runbook_lib.actions.app_config import AppConfig
+from runbook_lib.actions.aws_app_autoscaling import AppAutoScalingTarget
 from runbook_lib.actions.aws_autoscaling import AsgCapacity
 from runbook_lib.actions.cache_warm import CacheWarm
 from runbook_lib.actions.framework import Action
@@ -19,7 +20,8 @@ from runbook_lib.actions.redis_config import RedisConfigSet
 
 EXECUTORS: dict[str, type[Action]] = {
     cls.kind: cls
-    for cls in (CreateIndex, RedisConfigSet, AppConfig, CacheWarm, TerminateIdleSessions, SetParameter, AsgCapacity)
+    for cls in (CreateIndex, RedisConfigSet, AppConfig, CacheWarm, TerminateIdleSessions, SetParameter, AsgCapacity,
+                AppAutoScalingTarget)
 }
 
 

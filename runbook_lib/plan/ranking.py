@@ -175,6 +175,31 @@ def _release_held_connections(h: Hypothesis, holders: list[dict]) -> list[Planne
     return out
 
 
+def scaling_actions(sizing: dict | None, app_config: dict | None, hyps: list[Hypothesis]) -> list[PlannedAction]:
+    """Replicas and pool from ``scaling_sizing.size``: an executable ``app.config`` change when scaling addresses
+    the incident and the app's knobs are known, otherwise the autoscaler bounds as a safeguard (a recommendation;
+    04 writes the Kubernetes manifests for review)."""
+    if not sizing or sizing.get("capacity_per_replica") is None:
+        return []
+    cfg = app_config or {}
+    by = {h.category: h for h in hyps if not h.disproved}
+    bounds = (f"{sizing['min_replicas']}-{sizing['max_replicas']} replicas at {sizing['targets']['cpu_utilization']:.0%} "
+              f"CPU / p95 {sizing['targets']['latency_p95_ms']:g} ms")
+    if sizing["addresses_incident"] and "replicas" in cfg:
+        changes = {"replicas": max(sizing["min_replicas"], int(cfg["replicas"]))}
+        if sizing.get("pool_per_replica") and "db_pool_max" in cfg:
+            changes["db_pool_max"] = max(sizing["pool_per_replica"], int(cfg["db_pool_max"]))
+        h = by.get("infrastructure")
+        return [PlannedAction(app_config_action_id(changes), "immediate", "Scale out: " + ", ".join(
+            f"{k}={v}" for k, v in changes.items()), "infrastructure", "app.config", changes,
+            _gain(h, 0.5) if h else 0.3, 0.25, "low", sizing["expected"]["replicas"])]
+    return [PlannedAction("autoscaling-bounds", "short-term", f"Autoscale within {bounds}", "capacity",
+                          "recommendation", {k: sizing[k] for k in ("min_replicas", "max_replicas", "targets",
+                                                                    "pool_per_replica", "circuit_breaker",
+                                                                    "rate_limit")},
+                          0.0, 1.0, "low", sizing["summary"], executable=False)]
+
+
 ACTION_COLUMNS = ["phase", "action", "cause", "expected gain", "effort (h)", "risk", "score", "executor", "why"]
 
 

@@ -12,13 +12,15 @@ from runbook_lib.plan import ranking
 from runbook_lib.settings import Settings
 
 
-def impact(findings: dict, settings: Settings | None = None) -> list[PlannedAction]:
-    """The ranked plan from 02's findings, then the operator's own actions (``remediation.extra_actions``)."""
+def impact(findings: dict, settings: Settings | None = None, sizing: dict | None = None) -> list[PlannedAction]:
+    """The ranked plan from 02's findings and the capacity sizing, then the operator's own actions
+    (``remediation.extra_actions``)."""
     hyps = hypotheses_from_json(findings)
     statements = None
     if findings.get("statements"):
         statements = pd.DataFrame(findings["statements"]).set_index("queryid")
     planned = _propose(hyps, statements, findings)
+    planned += ranking.scaling_actions(sizing, findings.get("app_config"), hyps)
     return planned + (extra_actions(settings, {a.id for a in planned}) if settings is not None else [])
 
 
@@ -38,6 +40,71 @@ def extra_actions(settings: Settings, taken: set[str]) -> list[PlannedAction]:
         out.append(PlannedAction(executor.id, "immediate", executor.title, "operator", x.kind, x.inputs, 0.0, 0.25,
                                  executor.risk, x.why))
     return out
+
+
+# PostgreSQL's default superuser_reserved_connections: the connections an application role may not use.
+SUPERUSER_RESERVED = 3
+
+
+def scaling(step, findings: dict) -> dict:
+    """Replicas, pool, autoscaler bounds, breaker and rate limit sized from 01's levels (``scaling_sizing``)."""
+    from runbook_lib.plan import scaling_sizing
+
+    levels = {s["signal"]: s for s in step.read("symptoms.json").get("signals", [])}
+
+    def level(name: str, phase: str) -> float | None:
+        v = levels.get(name, {}).get(phase)
+        return None if v is None or v != v else float(v)  # NaN: not measured
+
+    cfg = findings.get("app_config") or {}
+    max_conn = ((findings.get("snapshots") or {}).get("settings") or {}).get("max_connections")
+    observed = scaling_sizing.Observed(
+        replicas=int(cfg.get("replicas") or 1), pool_per_replica=cfg.get("db_pool_max"),
+        rate_baseline=level("request_rate", "baseline"), rate_incident=level("request_rate", "incident"),
+        rate_peak=_peak(step, "request_rate"), cpu_baseline=level("cpu_utilization", "baseline"),
+        cpu_incident=level("cpu_utilization", "incident"),
+        db_query_rate_baseline=level("db_query_rate", "baseline"),
+        db_query_latency_ms_baseline=level("db_query_latency_ms", "baseline"),
+        error_ratio_baseline=level("error_ratio", "baseline"),
+        db_usable_connections=int(max_conn) - SUPERUSER_RESERVED if max_conn else None)
+    slo = step.settings.slo
+    return scaling_sizing.size(observed, slo.latency_p95_ms, slo.error_ratio)
+
+
+def _peak(step, signal: str) -> float | None:
+    """The window's 99th percentile of a signal (a peak that one outlier sample does not set), or None."""
+    try:
+        values = step.signals()[signal].dropna()
+    except (KeyError, RunbookError):
+        return None
+    return float(values.quantile(0.99)) if len(values) else None
+
+
+def sizing_frame(sizing: dict) -> pd.DataFrame:
+    """What was sized, the figure, and the measurement it rests on."""
+    if sizing.get("capacity_per_replica") is None:
+        return pd.DataFrame({"value": ["-"], "from": [sizing["reasons"].get("capacity_per_replica", "")]},
+                            index=pd.Index(["capacity per replica"], name="quantity"))
+    t, cb, rl, r = sizing["targets"], sizing["circuit_breaker"], sizing["rate_limit"], sizing["reasons"]
+    rows = [
+        ("capacity per replica at the SLO", f"{sizing['capacity_per_replica']:.3g} req/s", r["capacity_per_replica"]),
+        ("replicas now / needed / for the peak",
+         f"{sizing['replicas_now']} / {sizing['replicas_needed']} / {sizing['replicas_for_peak']}",
+         f"utilisation now {sizing['utilisation_now']:.0%} of capacity"),
+        ("autoscaler min replicas", str(sizing["min_replicas"]), r["min_replicas"]),
+        ("autoscaler max replicas", str(sizing["max_replicas"]), r["max_replicas"]),
+        ("pool per replica", str(sizing["pool_per_replica"] or "-"), r["pool_per_replica"]),
+        ("autoscaler targets", f"CPU {t['cpu_utilization']:.0%}, memory {t['memory_utilization']:.0%}, p95 "
+         f"{t['latency_p95_ms']:g} ms, {t['request_rate_per_replica']:.3g} req/s per replica"
+         + (f", DB connections {t['db_connections']}" if t.get("db_connections") else ""),
+         "scale before the SLO is breached"),
+        ("circuit breaker", f"open at {cb['error_ratio']:.0%} errors / {cb['window_s']} s, >= {cb['min_requests']} "
+         f"requests, for {cb['open_s']} s", r["circuit_breaker"]),
+        ("rate limit per replica", f"{rl['per_replica_rps']:.3g} req/s, burst {rl['burst']}", r["rate_limit"]),
+        ("expected", sizing["expected"]["replicas"], "if the replicas are changed to the needed count"),
+    ]
+    return pd.DataFrame([{"value": v, "from": f} for _, v, f in rows],
+                        index=pd.Index([q for q, _, _ in rows], name="quantity"))
 
 
 def _propose(hyps, statements, findings: dict) -> list[PlannedAction]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from runbook_lib.lab import stack
-from runbook_lib.lab.servers import kill_pid, pid_alive
+from runbook_lib.lab.config import CONFIG_FILE
+from runbook_lib.lab.servers import kill_pid, pid_alive, wait_until
 from runbook_lib.settings import project_root
 from tests.conftest import lab_pids, make_server_dir
 
@@ -113,6 +114,30 @@ def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
         assert verdict["result"] == "worse" and verdict["auto_rollback"], verdict
         assert lab_redis.config_get("maxmemory*") == fixed  # the server is back to the fixed setting
         lab_redis.close()
+
+        # the scaling drill: the operator scales the backend out (replicas and pool) through the parameters; the
+        # runbook applies it (real processes behind the API socket), measures p95 and throughput before and
+        # after, and undoes exactly that action afterwards
+        config = state / CONFIG_FILE
+        prior = json.loads(config.read_text())
+        scaling = folder / "lab-scaling.yaml"
+        scaling.write_text(params.read_text().replace("remediation:\n", (
+            "remediation:\n  extra_actions:\n"
+            f"    - {{kind: app.config, inputs: {{replicas: {prior['replicas'] + 1}, db_pool_max: "
+            f"{prior['db_pool_max'] + 2}}}, why: 'drill: scale out'}}\n"), 1))
+        runbook("run", "-p", str(scaling), "--out", str(run), "--only", "03", "04", "--no-export", env=env)
+        audit = [json.loads(line) for line in (run / "audit.jsonl").read_text().splitlines()]
+        judged = [a for a in audit if a["step"] == "assessed" and a["action_id"] == "app-config-db_pool_max-replicas"]
+        assert judged and judged[-1]["measured"].startswith("API latency p95"), judged
+        b, a = judged[-1]["before"], judged[-1]["after"]
+        assert a["enough"] and b["enough"] and a["detail"]["request_rate"] > 0, judged[-1]
+        print(f"scaling drill: {prior['replicas']} -> {prior['replicas'] + 1} replicas: p95 {b['value']:.1f} -> "
+              f"{a['value']:.1f} ms, throughput per replica {b['detail']['request_rate'] / prior['replicas']:.1f} -> "
+              f"{a['detail']['request_rate'] / (prior['replicas'] + 1):.1f} req/s ({judged[-1]['result']})")
+        runbook("rollback", str(run), "--action", "app-config-db_pool_max-replicas", "--apply", env=env)
+        assert json.loads(config.read_text()) == prior  # the knobs are back exactly
+        wait_until(lambda: len(stack.status(state)["components"]["backend"]["replicas"]) == prior["replicas"], 30,
+                   "the extra replica to stop")
     finally:
         seen.update(lab_pids(state))
         subprocess.run([RUNBOOK, "lab", "down"], check=False, cwd=ROOT, env=env, capture_output=True, timeout=120)
