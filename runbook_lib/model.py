@@ -273,6 +273,11 @@ def asg_capacity_action_id(group: str) -> str:
     return "aws-asg-capacity-" + slug(group)
 
 
+def kubernetes_apply_action_id(kind: str, namespace: str, name: str) -> str:
+    """The id of server-side applying the object ``kind`` ``namespace``/``name``."""
+    return "k8s-apply-" + slug(kind.lower(), namespace, name)
+
+
 def app_autoscaling_action_id(resource_id: str, dimension: str) -> str:
     """The id of setting the Application Auto Scaling target (and its policy) of a resource's dimension."""
     return "aws-app-autoscaling-" + slug(resource_id, dimension)

@@ -334,6 +334,45 @@ class Aws(_Model):
         return v if v is None else _refuse_inline_password(v, "the AWS credential chain")
 
 
+# Kubernetes object names: a namespace is a DNS-1123 label, a Deployment name a DNS-1123 subdomain
+# (kubernetes.io/docs/concepts/overview/working-with-objects/names).
+K8S_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+K8S_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class Kubernetes(_Model):
+    """Where the Kubernetes actions go (server-side apply of an HPA or a KEDA ScaledObject) and what the generated
+    autoscalers scale (``plan.autoscaler_manifests``). Credentials stay in the kubeconfig (a token, a client
+    certificate or an exec plugin), never in this file; KEDA's PostgreSQL trigger reads its credentials through a
+    ``TriggerAuthentication`` object named here, never a password inline."""
+
+    kubeconfig: str | None = Field(None, description="kubeconfig path; ${NAME:-default} allowed; empty: the first "
+                                                     "file of $KUBECONFIG, then ~/.kube/config")
+    context: str | None = Field(None, description="kubeconfig context; empty: its current-context")
+    namespace: str = Field(max_length=63, pattern=K8S_LABEL)
+    deployment: str = Field(max_length=253, pattern=K8S_SUBDOMAIN, description="the Deployment the autoscaler scales")
+    prometheus_url: str | None = Field(None, description="Prometheus address KEDA's prometheus triggers query "
+                                                         "(as seen from inside the cluster)")
+    p95_query: str = Field('histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket'
+                           '{job="api"}[1m]))) * 1000', min_length=1,
+                           description="PromQL of the service's p95 latency in ms (KEDA trigger)")
+    request_rate_query: str = Field('sum(rate(http_requests_total{job="api"}[1m]))', min_length=1,
+                                    description="PromQL of the service's total request rate per second (KEDA trigger)")
+    p95_metric_name: str = Field("http_request_duration_p95_ms", min_length=1,
+                                 description="per-pod p95 metric the HPA reads from custom.metrics.k8s.io "
+                                             "(served by prometheus-adapter)")
+    postgres_trigger_auth: str | None = Field(None, max_length=253, pattern=K8S_SUBDOMAIN,
+                                              description="KEDA TriggerAuthentication holding the PostgreSQL "
+                                                          "connection; empty: no postgresql trigger")
+    postgres_query: str | None = Field(None, description="SQL of the KEDA postgresql trigger; empty: the app's "
+                                                         "active sessions (plan.autoscaler_manifests)")
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _no_inline_credentials(cls, v: str | None) -> str | None:
+        return v if v is None else _refuse_inline_password(v, "a KEDA TriggerAuthentication")
+
+
 class Settings(_Model):
     incident: Incident
     mode: Literal["fixture", "lab", "live"] = "fixture"
@@ -346,6 +385,7 @@ class Settings(_Model):
     redis: Redis | None = None
     app: App = App()
     aws: Aws | None = None
+    kubernetes: Kubernetes | None = None
 
     @field_validator("signals")
     @classmethod

@@ -14,6 +14,7 @@ from runbook_lib.actions.aws_app_autoscaling import AppAutoScalingTarget
 from runbook_lib.actions.aws_autoscaling import AsgCapacity
 from runbook_lib.actions.cache_warm import CacheWarm
 from runbook_lib.actions.framework import Action
+from runbook_lib.actions.kubernetes_apply import KubernetesApply
 from runbook_lib.actions.postgres_index import CreateIndex
 from runbook_lib.actions.postgres_sessions import SetParameter, TerminateIdleSessions
 from runbook_lib.actions.redis_config import RedisConfigSet
@@ -21,7 +22,7 @@ from runbook_lib.actions.redis_config import RedisConfigSet
 EXECUTORS: dict[str, type[Action]] = {
     cls.kind: cls
     for cls in (CreateIndex, RedisConfigSet, AppConfig, CacheWarm, TerminateIdleSessions, SetParameter, AsgCapacity,
-                AppAutoScalingTarget)
+                AppAutoScalingTarget, KubernetesApply)
 }
 
 

@@ -3,6 +3,7 @@
 * PostgreSQL: one autocommit connection (``CREATE INDEX CONCURRENTLY`` cannot run in a transaction);
   the password comes from the SecretRef and is passed as the ``password=`` keyword, never put in a DSN.
 * Redis: one client; the password likewise from the SecretRef.
+* Kubernetes: one ``kubernetes.client.ApiClient`` from the kubeconfig (its credentials stay in that file).
 
 ``endpoint(family)`` describes where a change goes (host:port/db) without any credential; it is
 recorded in every audit line and checked again before a rollback.
@@ -10,15 +11,19 @@ recorded in every audit line and checked again before a rollback.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import psycopg
 import redis
+import yaml
 
 from runbook_lib.actions.action_errors import TargetError
 from runbook_lib.errors import TargetUnreachable
-from runbook_lib.redaction import postgres_endpoint, redact_text, redis_endpoint
-from runbook_lib.settings import Settings
+from runbook_lib.redaction import postgres_endpoint, redact_text, redis_endpoint, register_secret
+from runbook_lib.settings import Settings, resolve_path
 
 # Bounded connects: a server that does not answer in this many seconds is reported, not waited on.
 CONNECT_TIMEOUT_S = 10
@@ -35,6 +40,46 @@ def app_endpoint(settings) -> str:
     if where["via"] == "configmap":
         return f"app config: ConfigMap {where['configmap']} (planned only)"
     return f"app config: {where.get('config_file') or where.get('admin_url')}"
+
+
+# Where the kubeconfig is when the parameters name none: kubectl's order (the first file of $KUBECONFIG, then
+# ~/.kube/config); a merged multi-file $KUBECONFIG is not supported here.
+KUBECONFIG_DEFAULT = "~/.kube/config"
+KUBE_HINT = ("check kubernetes.kubeconfig / kubernetes.context in the parameters (the file, its context, its "
+             "server) and that the credentials are current")
+
+
+def kubeconfig_path(settings) -> Path:
+    """The kubeconfig the Kubernetes actions use (``kubernetes.kubeconfig``, else $KUBECONFIG's first file)."""
+    cfg = settings.kubernetes
+    if cfg is not None and cfg.kubeconfig:
+        return resolve_path(cfg.kubeconfig)
+    first = (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0]
+    return Path(first or KUBECONFIG_DEFAULT).expanduser()
+
+
+def kubernetes_endpoint(settings) -> str:
+    """Where a ``kubernetes`` family change goes: the context's API server URL (no user-info, no query) and the
+    context, read from the kubeconfig without connecting and without any credential."""
+    if settings.kubernetes is None:
+        raise TargetError("this action needs Kubernetes but the parameters have no kubernetes section")
+    path, ctx_name = kubeconfig_path(settings), settings.kubernetes.context
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+        ctx_name = ctx_name or doc.get("current-context")
+        ctx = next(c["context"] for c in doc.get("contexts") or [] if c.get("name") == ctx_name)
+        server = next(c["cluster"]["server"] for c in doc.get("clusters") or [] if c.get("name") == ctx["cluster"])
+    except (OSError, yaml.YAMLError) as e:
+        raise TargetError(f"kubeconfig {path} cannot be read: {getattr(e, 'strerror', None) or e}",
+                          hint=KUBE_HINT) from None
+    except (StopIteration, KeyError, TypeError, AttributeError):
+        raise TargetError(f"kubeconfig {path} has no context {ctx_name!r} with a cluster server",
+                          hint=KUBE_HINT) from None
+    parts = urlsplit(str(server))
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    return f"kubernetes {parts.scheme}://{netloc}{parts.path.rstrip('/')} context {ctx_name}"
 
 
 class Targets:
@@ -58,6 +103,8 @@ class Targets:
             return redis_endpoint(self._redis_settings().url)
         if family == "app":
             return app_endpoint(self.settings)
+        if family == "kubernetes":
+            return kubernetes_endpoint(self.settings)
         if family == "aws":
             aws = self.settings.aws
             return f"aws autoscaling {aws.region}" + (f" at {aws.endpoint_url}" if aws and aws.endpoint_url else "") \
@@ -125,6 +172,32 @@ class Targets:
         """The EC2 Auto Scaling client."""
         return self.aws_client("autoscaling")
 
+    def kubernetes(self):
+        """A ``kubernetes.client.ApiClient`` for the parameters' kubeconfig and context, one per run (the client is
+        imported here: it takes seconds and only the Kubernetes actions need it). The kubeconfig's bearer token
+        is registered with the redaction, so an error quoting it is masked."""
+        if getattr(self, "_kube", None) is None:
+            from kubernetes import client, config
+
+            path, context = kubeconfig_path(self.settings), self._kube_settings().context
+            cfg = client.Configuration()
+            try:
+                config.load_kube_config(config_file=str(path), context=context, client_configuration=cfg,
+                                        persist_config=False)
+            except (config.ConfigException, OSError, yaml.YAMLError) as e:
+                raise TargetError(f"kubeconfig {path}: {redact_text(str(e).strip() or type(e).__name__)}",
+                                  hint=KUBE_HINT) from None
+            for value in (cfg.api_key or {}).values():  # {"BearerToken": "Bearer <token>"}
+                register_secret(str(value).removeprefix("Bearer ").strip())
+            self._kube = client.ApiClient(cfg)
+        return self._kube
+
+    def _kube_settings(self):
+        if self.settings.kubernetes is None:
+            raise TargetError("this action needs Kubernetes but the parameters have no kubernetes section",
+                              hint="add kubernetes: {kubeconfig: ..., context: ..., namespace: ..., deployment: ...}")
+        return self.settings.kubernetes
+
     def close(self) -> None:
         if self._pg is not None:
             self._pg.close()
@@ -132,3 +205,6 @@ class Targets:
         if self._redis is not None:
             self._redis.close()
             self._redis = None
+        if getattr(self, "_kube", None) is not None:
+            self._kube.close()
+            self._kube = None

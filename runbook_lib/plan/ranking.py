@@ -11,12 +11,14 @@ from __future__ import annotations
 import pandas as pd
 
 from runbook_lib.diagnose.statements import IDLE_TX_HOLD_S, n_plus_one
+from runbook_lib.plan.autoscaler_manifests import hpa_manifest
 from runbook_lib.model import (
     Hypothesis,
     PlannedAction,
     app_config_action_id,
     cache_warm_action_id,
     index_action_id,
+    kubernetes_apply_action_id,
     pg_setting_action_id,
     pg_terminate_action_id,
     redis_config_action_id,
@@ -175,12 +177,21 @@ def _release_held_connections(h: Hypothesis, holders: list[dict]) -> list[Planne
     return out
 
 
-def scaling_actions(sizing: dict | None, app_config: dict | None, hyps: list[Hypothesis]) -> list[PlannedAction]:
+def scaling_actions(sizing: dict | None, app_config: dict | None, hyps: list[Hypothesis],
+                    kubernetes: dict | None = None) -> list[PlannedAction]:
     """Replicas and pool from ``scaling_sizing.size``: an executable ``app.config`` change when scaling addresses
-    the incident and the app's knobs are known, otherwise the autoscaler bounds as a safeguard (a recommendation;
-    04 writes the Kubernetes manifests for review)."""
+    the incident and the app's knobs are known, otherwise the autoscaler bounds as a safeguard: with the
+    parameters' ``kubernetes`` section, an executable server-side apply of the HPA (``kubernetes.apply``; the
+    KEDA alternative is written beside it for review), else a recommendation."""
     if not sizing or sizing.get("capacity_per_replica") is None:
         return []
+    if kubernetes and not sizing["addresses_incident"]:
+        hpa = hpa_manifest(sizing, kubernetes)
+        meta = hpa["metadata"]
+        return [PlannedAction(kubernetes_apply_action_id(hpa["kind"], meta["namespace"], meta["name"]), "short-term",
+                              f"Autoscale {kubernetes['deployment']} with an HPA ({sizing['min_replicas']}-"
+                              f"{sizing['max_replicas']} replicas)", "capacity", "kubernetes.apply",
+                              {"manifest": hpa}, 0.0, 1.0, "medium", sizing["summary"])]
     cfg = app_config or {}
     by = {h.category: h for h in hyps if not h.disproved}
     bounds = (f"{sizing['min_replicas']}-{sizing['max_replicas']} replicas at {sizing['targets']['cpu_utilization']:.0%} "

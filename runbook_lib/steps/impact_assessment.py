@@ -20,7 +20,8 @@ def impact(findings: dict, settings: Settings | None = None, sizing: dict | None
     if findings.get("statements"):
         statements = pd.DataFrame(findings["statements"]).set_index("queryid")
     planned = _propose(hyps, statements, findings)
-    planned += ranking.scaling_actions(sizing, findings.get("app_config"), hyps)
+    k8s = settings.kubernetes.model_dump() if settings is not None and settings.kubernetes is not None else None
+    planned += ranking.scaling_actions(sizing, findings.get("app_config"), hyps, k8s)
     return planned + (extra_actions(settings, {a.id for a in planned}) if settings is not None else [])
 
 
@@ -69,6 +70,37 @@ def scaling(step, findings: dict) -> dict:
         db_usable_connections=int(max_conn) - SUPERUSER_RESERVED if max_conn else None)
     slo = step.settings.slo
     return scaling_sizing.size(observed, slo.latency_p95_ms, slo.error_ratio)
+
+
+MANIFESTS_DIR = "scaling"
+
+
+def write_manifests(step, sizing: dict) -> list[str]:
+    """The HPA and KEDA ScaledObject generated from the sizing, as YAML in the run folder (every mode, dry run
+    included: a reviewer can apply them by hand); [] without a ``kubernetes`` section or a sizing."""
+    from runbook_lib.plan.autoscaler_manifests import generate_autoscaler_manifests, to_yaml
+
+    k8s = step.settings.kubernetes
+    if k8s is None or sizing.get("capacity_per_replica") is None:
+        return []
+    folder = step.run_dir / MANIFESTS_DIR
+    folder.mkdir(exist_ok=True)
+    written = []
+    for name, obj in generate_autoscaler_manifests(sizing, k8s.model_dump()).items():
+        path = folder / f"{name}.yaml"
+        path.write_text(to_yaml(obj))
+        written.append(f"{MANIFESTS_DIR}/{path.name}")
+    return written
+
+
+def capacity_conclusion(sizing: dict, manifests: list[str]) -> str:
+    out = f"**Concluded.** {sizing['summary']}"
+    if manifests:
+        out += (f" Autoscaler manifests for review: {', '.join(manifests)} (validated against the Kubernetes and "
+                "KEDA schemas; apply one of the two, not both. Not verified against a real cluster: none runs here.)")
+    elif sizing.get("capacity_per_replica") is not None:
+        out += " Add a `kubernetes` section to the parameters to get the HPA and KEDA manifests."
+    return out
 
 
 def _peak(step, signal: str) -> float | None:
