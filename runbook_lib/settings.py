@@ -373,6 +373,23 @@ class Kubernetes(_Model):
         return v if v is None else _refuse_inline_password(v, "a KEDA TriggerAuthentication")
 
 
+class AlertMetricsSection(_Model):
+    """The service's raw metric names, for the alert rules the validation writes (``validate.alert_rules``; its
+    ``AlertMetrics`` checks the names). The signal queries above are whole PromQL expressions; burn-rate alerts
+    need the counters and the histogram themselves."""
+
+    requests_total: str = Field(description="request counter, e.g. http_request_duration_seconds_count")
+    status_label: str = "status"
+    error_status_regex: str = "5.."
+    latency_histogram: str = Field(description="histogram base name: <name>_bucket / <name>_count, in seconds")
+    latency_buckets: tuple[float, ...] | None = Field(None, description="its bucket bounds in seconds")
+    cache_hits_total: str
+    cache_misses_total: str
+    pool_in_use: str
+    pool_max: str
+    selector: str = Field("", description='label matchers without braces, e.g. job="api"')
+
+
 class Settings(_Model):
     incident: Incident
     mode: Literal["fixture", "lab", "live"] = "fixture"
@@ -386,6 +403,7 @@ class Settings(_Model):
     app: App = App()
     aws: Aws | None = None
     kubernetes: Kubernetes | None = None
+    alert_metrics: AlertMetricsSection | None = None
 
     @field_validator("signals")
     @classmethod

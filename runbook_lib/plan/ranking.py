@@ -179,31 +179,37 @@ def _release_held_connections(h: Hypothesis, holders: list[dict]) -> list[Planne
 
 def scaling_actions(sizing: dict | None, app_config: dict | None, hyps: list[Hypothesis],
                     kubernetes: dict | None = None) -> list[PlannedAction]:
-    """Replicas and pool from ``scaling_sizing.size``: an executable ``app.config`` change when scaling addresses
-    the incident and the app's knobs are known, otherwise the autoscaler bounds as a safeguard: with the
-    parameters' ``kubernetes`` section, an executable server-side apply of the HPA (``kubernetes.apply``; the
-    KEDA alternative is written beside it for review), else a recommendation."""
+    """Replicas and pool from ``scaling_sizing.size``: an executable ``app.config`` scale-out when scaling addresses
+    the incident (the sizing measured saturation or a surge *and* the diagnosis did not rule capacity out) and the
+    app's knobs are known; otherwise the autoscaler bounds as a safeguard: with the parameters' ``kubernetes``
+    section an executable server-side apply of the HPA (``kubernetes.apply``; the KEDA alternative is written beside
+    it for review), else a recommendation."""
     if not sizing or sizing.get("capacity_per_replica") is None:
         return []
-    if kubernetes and not sizing["addresses_incident"]:
+    cfg = app_config or {}
+    by = {h.category: h for h in hyps if not h.disproved}
+    if sizing["addresses_incident"] and "infrastructure" not in by:
+        # saturation the diagnosis does not blame for the latency (e.g. a database on the same host burning the
+        # CPU): more replicas would add load to what is already slow
+        sizing = {**sizing, "addresses_incident": False, "summary": sizing["summary"].split(" Scaling")[0] + (
+            " The CPU or traffic moved, but the diagnosis ruled out capacity as the cause: scaling out would add "
+            "load to what is slow; the bounds are a safeguard, not the fix.")}
+    if sizing["addresses_incident"] and "replicas" in cfg:
+        changes = {"replicas": max(sizing["min_replicas"], int(cfg["replicas"]))}
+        if sizing.get("pool_per_replica") and "db_pool_max" in cfg:
+            changes["db_pool_max"] = max(sizing["pool_per_replica"], int(cfg["db_pool_max"]))
+        return [PlannedAction(app_config_action_id(changes), "immediate", "Scale out: " + ", ".join(
+            f"{k}={v}" for k, v in changes.items()), "infrastructure", "app.config", changes,
+            _gain(by["infrastructure"], 0.5), 0.25, "low", sizing["expected"]["replicas"])]
+    if kubernetes:
         hpa = hpa_manifest(sizing, kubernetes)
         meta = hpa["metadata"]
         return [PlannedAction(kubernetes_apply_action_id(hpa["kind"], meta["namespace"], meta["name"]), "short-term",
                               f"Autoscale {kubernetes['deployment']} with an HPA ({sizing['min_replicas']}-"
                               f"{sizing['max_replicas']} replicas)", "capacity", "kubernetes.apply",
                               {"manifest": hpa}, 0.0, 1.0, "medium", sizing["summary"])]
-    cfg = app_config or {}
-    by = {h.category: h for h in hyps if not h.disproved}
     bounds = (f"{sizing['min_replicas']}-{sizing['max_replicas']} replicas at {sizing['targets']['cpu_utilization']:.0%} "
               f"CPU / p95 {sizing['targets']['latency_p95_ms']:g} ms")
-    if sizing["addresses_incident"] and "replicas" in cfg:
-        changes = {"replicas": max(sizing["min_replicas"], int(cfg["replicas"]))}
-        if sizing.get("pool_per_replica") and "db_pool_max" in cfg:
-            changes["db_pool_max"] = max(sizing["pool_per_replica"], int(cfg["db_pool_max"]))
-        h = by.get("infrastructure")
-        return [PlannedAction(app_config_action_id(changes), "immediate", "Scale out: " + ", ".join(
-            f"{k}={v}" for k, v in changes.items()), "infrastructure", "app.config", changes,
-            _gain(h, 0.5) if h else 0.3, 0.25, "low", sizing["expected"]["replicas"])]
     return [PlannedAction("autoscaling-bounds", "short-term", f"Autoscale within {bounds}", "capacity",
                           "recommendation", {k: sizing[k] for k in ("min_replicas", "max_replicas", "targets",
                                                                     "pool_per_replica", "circuit_breaker",

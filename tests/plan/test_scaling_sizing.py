@@ -20,9 +20,8 @@ def observed(**over) -> Observed:
 def hyps(*supported: str):
     cats = ("database", "cache", "application", "infrastructure")
     return hypotheses_from_json({"hypotheses": [
-        {"category": c, "title": c, "statement": "", "disprove_by": "", "evidence": [], "first_onset": None,
-         "confidence": 0.8 if c in supported else 0.0, "confidence_label": "", "disproved": c not in supported}
-        for c in cats]})
+        {"category": c, "title": c, "statement": "", "disprove_by": "", "first_onset": None,
+         "evidence": [{"check": "x", "observed": "y", "supports": c in supported, "weight": 2}]} for c in cats]})
 
 
 def test_healthy_service_keeps_its_replicas_and_gets_bounds_only():
@@ -70,3 +69,12 @@ def test_breaker_and_rate_limit_follow_the_observed_rates():
 def test_without_a_request_rate_nothing_is_sized_or_proposed():
     s = size(observed(rate_baseline=None, rate_incident=None, rate_peak=None), SLO_MS, SLO_ERRORS)
     assert s["capacity_per_replica"] is None and scaling_actions(s, {"replicas": 1}, hyps()) == []
+
+
+def test_saturation_the_diagnosis_does_not_blame_gets_no_scale_out():
+    """A database on the same host burns the CPU: the infrastructure hypothesis is ruled out, so more replicas
+    (more DB load) are not proposed; the bounds stay a safeguard."""
+    s = size(observed(rate_incident=100.0, cpu_incident=0.95), SLO_MS, SLO_ERRORS)
+    assert s["addresses_incident"]
+    [a] = scaling_actions(s, {"replicas": 2, "db_pool_max": 10}, hyps("database", "cache"))
+    assert not a.executable and "ruled out capacity" in a.reason
