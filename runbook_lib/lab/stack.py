@@ -102,8 +102,9 @@ def pick_port(component: str, ports: str) -> int | None:
 class LabPrometheus(PrometheusServer):
     """Prometheus that also scrapes the targets the backend supervisor lists (file_sd)."""
 
-    def __init__(self, folder, targets_file: Path, port=None, scrape_interval: str = SCRAPE_INTERVAL):
-        super().__init__(folder, port, scrape_interval=scrape_interval, job="prometheus")
+    def __init__(self, folder, targets_file: Path, port=None, scrape_interval: str = SCRAPE_INTERVAL,
+                 rule_files: list[str] | None = None):
+        super().__init__(folder, port, scrape_interval=scrape_interval, job="prometheus", rule_files=rule_files)
         self.targets_file = targets_file
 
     def config_text(self) -> str:
@@ -204,6 +205,23 @@ def _make_state_dir(state: Path) -> None:
     state.chmod(0o755)
 
 
+ALERT_RULES_FILE = "alerts.rules.yml"
+# The lab's incident lasts minutes, not hours: alerts fire after this long instead of the rules' own `for:`
+# (2-5 minutes, meant for production), so `runbook lab load`'s 3-minute incident shows them firing.
+LAB_ALERT_FOR = "30s"
+
+
+def _write_alert_rules(state: Path) -> Path:
+    """The alert rules the runbook generates for the lab (parameters/lab.yaml's alert_metrics and SLO), loaded
+    into the lab's Prometheus so an incident shows them firing and a fix shows them resolving."""
+    from runbook_lib.settings import load_settings, project_root
+    from runbook_lib.validate.alert_rules import metrics_from, rules, write_rules
+
+    settings = load_settings(project_root() / "parameters" / "lab.yaml")
+    return write_rules(state, rules(metrics_from(settings.alert_metrics), settings.slo, settings.incident.service,
+                                    for_override=LAB_ALERT_FOR), name=ALERT_RULES_FILE)
+
+
 def _start(state: Path, scale: float, seed_value: int, profile: str, ports: str, scrape_interval: str) -> dict:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -225,7 +243,8 @@ def _start(state: Path, scale: float, seed_value: int, profile: str, ports: str,
     info["backend_url"] = f"http://127.0.0.1:{backend_port}"
     prom_started = time.time()
     prom = LabPrometheus(state / "prometheus", state / BACKEND_DIR / TARGETS_FILE,
-                         port=pick_port("prometheus", ports), scrape_interval=scrape_interval).start()
+                         port=pick_port("prometheus", ports), scrape_interval=scrape_interval,
+                         rule_files=[str(_write_alert_rules(state))]).start()
     info["prometheus_url"] = prom.url
     _wait_backend(state, info["backend_url"])
     timings["backend_s"] = _lap(t)

@@ -49,6 +49,9 @@ RETRY_ON_STATUS = (502, 503, 504)
 # Prometheus answers 400 (bad_data: parse error) or 422 (execution error) for a query it cannot run.
 QUERY_ERROR_STATUS = ("400", "422")
 
+# Prometheus's own series of alerts: one per alert (and label set) while it is pending or firing.
+ALERTS_FIRING = 'ALERTS{alertstate="firing"}'
+
 # How much of Prometheus's own error text to quote in a one-line message.
 MAX_ERROR_TEXT = 300
 # `runbook check` / the run's preflight: a reachable Prometheus answers its build info at once.
@@ -168,6 +171,31 @@ class PrometheusSource(SignalSource):
             value = float(result[0]["value"][1]) if len(result) == 1 else None
             values.append(value if value is not None and math.isfinite(value) else None)
         return values
+
+    def alert_events(self, start: pd.Timestamp, end: pd.Timestamp, step_seconds: int) -> list[Event]:
+        """Alerts that fired in [start, end] as chart events: "<alert> firing" when a firing series appears,
+        "<alert> resolved" one step after it was last seen (from Prometheus's own ``ALERTS`` series). [] when the
+        server evaluates no alert rules or cannot be asked: alerts are markers, not evidence."""
+        try:
+            chunks = chunk_range(start, end, step_seconds)
+            result = [r for a, b in chunks for r in self._client().custom_query_range(
+                ALERTS_FIRING, start_time=a, end_time=b, step=str(step_seconds))]
+        except (PrometheusApiClientException, requests.exceptions.RequestException):
+            return []
+        runs: dict[str, list[float]] = {}
+        for r in result:
+            runs.setdefault(r["metric"].get("alertname", "alert"), []).extend(float(t) for t, _ in r["values"])
+        out = []
+        for name, times in runs.items():
+            times = sorted(set(times))
+            for i, t in enumerate(times):
+                if i == 0 or t - times[i - 1] > step_seconds * 1.5:
+                    out.append(Event(pd.Timestamp(t, unit="s", tz="UTC"), f"{name} firing", "alert"))
+                if i == len(times) - 1 or times[i + 1] - t > step_seconds * 1.5:
+                    if t + step_seconds <= pd.Timestamp(end).timestamp():
+                        out.append(Event(pd.Timestamp(t + step_seconds, unit="s", tz="UTC"), f"{name} resolved",
+                                         "alert"))
+        return sorted(out, key=lambda e: e.time)
 
     def _request_error(self, name: str, e: requests.exceptions.RequestException) -> SourceError:
         if _is_timeout(e):

@@ -112,7 +112,9 @@ class Step:
             start, end = self._signals.index[0], self._signals.index[-1]
         else:
             start, end = self.time_range()
-        return [e for e in self.source.events() if start <= e.time <= end]
+        alerts = getattr(self.source, "alert_events", None)
+        fired = alerts(start, end, self.settings.window.step_seconds) if alerts else []
+        return sorted([e for e in [*self.source.events(), *fired] if start <= e.time <= end], key=lambda e: e.time)
 
     # --- hand-over files -------------------------------------------------------------------------
     def read(self, name: str) -> Any:
