@@ -11,7 +11,6 @@ from __future__ import annotations
 import pandas as pd
 
 from runbook_lib.diagnose.statements import IDLE_TX_HOLD_S, n_plus_one
-from runbook_lib.plan.autoscaler_manifests import hpa_manifest
 from runbook_lib.model import (
     Hypothesis,
     PlannedAction,
@@ -24,6 +23,7 @@ from runbook_lib.model import (
     redis_config_action_id,
     slug,
 )
+from runbook_lib.plan.autoscaler_manifests import hpa_manifest
 
 PHASE_ORDER = {"immediate": 0, "short-term": 1, "long-term": 2}
 
