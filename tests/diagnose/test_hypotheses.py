@@ -140,10 +140,11 @@ def test_validation_verdict(bundle):
     win = window.find_incident_window(df["latency_p95_ms"])
     table = compare.compare(df, win.baseline, win.incident, win.recovery, Slo())
     v = compare.overall(table)
-    assert v["fixed"] and table.loc["latency_p95_ms", "verdict"] == "meets SLO"
+    assert v["fixed"] and table.loc["latency_p95_ms", "slo"] == "met"
     strict = compare.overall(compare.compare(df, win.baseline, win.incident, win.recovery,
                                              Slo(latency_p95_ms=45)))
-    assert not strict["fixed"] and "latency_p95_ms" in strict["verdict"]
+    assert not strict["fixed"] and strict["critical_failing"] == ["latency_p95_ms"]
+    assert strict["verdict"].startswith("fail: API latency p95 is still")
 
 
 def test_validation_waits_for_data_after_the_change(bundle):
