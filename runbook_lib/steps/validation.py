@@ -189,3 +189,34 @@ def validation_conclusion(verdict: dict, table: pd.DataFrame) -> str:
     if verdict["failing"]:
         lines.append("Still off: " + ", ".join(CATALOG[s].label for s in verdict["failing"]) + ".")
     return "\n\n".join(lines)
+
+
+ALERT_RULES_FILE = "alerts.rules.yml"
+
+
+def alert_rules(step) -> tuple[str | None, pd.DataFrame, str]:
+    """The alert rules that catch the next regression (``validate.alert_rules``: the write-up's three alerts
+    rewritten correctly plus multiwindow burn-rate alerts on the latency and error SLOs), written into the run
+    folder and checked with ``promtool check rules`` when promtool is installed. Returns (file name or None, one
+    row per alert, the closing sentence)."""
+    from runbook_lib.validate import alert_rules as ar
+    from runbook_lib.validate import promtool
+
+    cols = ["severity", "for", "expr"]
+    if step.settings.alert_metrics is None:
+        return None, pd.DataFrame(columns=cols), ("**Concluded.** No alert rules: the parameters have no "
+                                                  "`alert_metrics` section naming the service's raw metrics.")
+    rules = ar.rules(ar.metrics_from(step.settings.alert_metrics), step.settings.slo, step.settings.incident.service)
+    path = ar.write_rules(step.run_dir, rules, name=ALERT_RULES_FILE)
+    try:
+        promtool.check_rules(path)
+        checked = "`promtool check rules` passes"
+    except promtool.PromtoolError as e:
+        checked = f"not checked by promtool ({e})"
+    rows = {r["alert"]: {"severity": r["labels"].get("severity", ""), "for": r.get("for", "0s"),
+                         "expr": " ".join(r["expr"].split())}
+            for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=cols).rename_axis("alert")
+    return ALERT_RULES_FILE, frame, (f"**Concluded.** {len(frame)} alerts in `{ALERT_RULES_FILE}` ({checked}); load "
+                                     "it into the service's Prometheus (`rule_files`) so the next regression pages "
+                                     "before users report it.")
