@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-15 postgresql-contrib postgresql-15-hypopg redis-server prometheus)
+APT_PACKAGES=(postgresql-15 postgresql-contrib postgresql-15-hypopg redis-server prometheus chromium poppler-utils)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

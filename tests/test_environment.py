@@ -11,7 +11,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 # conda-forge names that differ from the PyPI name
-CONDA_TO_PYPI = {"redis-py": "redis"}
+CONDA_TO_PYPI = {"redis-py": "redis", "python-kubernetes": "kubernetes", "python-kaleido": "kaleido"}
 CONDA_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?P<spec>(?:[<>=!~]=?[0-9][0-9A-Za-z.*]*,?)*)$")
 
 

@@ -79,7 +79,8 @@ def _positive_int(v: str) -> int:
 def _cmd_export(args) -> int:
     from runbook_lib.report.postmortem import export_run
 
-    for path in export_run(Path(args.run_dir)):
+    for path in export_run(Path(args.run_dir), interactive=args.interactive,
+                           templates=Path(args.templates) if args.templates else None):
         print(path)
     return 0
 
@@ -141,8 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse a --to (or snapshot time) further ahead than this (default: %(default)s)")
     rec.set_defaults(func=_cmd_record)
 
-    e = sub.add_parser("export", help="write postmortem.md and postmortem.html for a run folder")
+    e = sub.add_parser("export", help="write the postmortem of a run folder: postmortem.md (charts as PNGs in "
+                                      "postmortem_charts/), postmortem.html (self-contained) and postmortem.pdf",
+                       description="Write the postmortem of a run folder from what its steps recorded: "
+                                   "postmortem.md with its charts as PNGs in postmortem_charts/, postmortem.html "
+                                   "(one self-contained file, works offline) and postmortem.pdf. The charts and the "
+                                   "PDF are drawn by a headless Chromium (apt-get install chromium, or "
+                                   "RUNBOOK_CHROMIUM=/path/to/chrome). 'runbook run' exports at its end.")
     e.add_argument("run_dir", help="a folder made by 'runbook run'")
+    e.add_argument("--interactive", action="store_true",
+                   help="also write postmortem-interactive.html: zoomable plotly charts, plotly.js included once "
+                        "(about 5 MB)")
+    e.add_argument("--templates", metavar="DIR",
+                   help="a folder with your own postmortem.md.j2 and/or postmortem.html.j2 (Jinja2; the packaged "
+                        "ones in runbook_lib/report/templates are the starting point and fill in the one you leave "
+                        "out)")
     e.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("check", help="validate a parameters file and reach its source, without running")

@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.io as pio
 
 from runbook_lib.errors import RunbookError, SettingsError
+from runbook_lib.redaction import redact_text
 from runbook_lib.run_folder import FIGURES_DIR, read_json, write_json
 from runbook_lib.settings import SECTIONS, Settings, display_path, load_settings, project_root, resolve_path
 from runbook_lib.sources import Event, SignalSource, open_source, to_utc
@@ -114,7 +115,10 @@ class Step:
             start, end = self.time_range()
         alerts = getattr(self.source, "alert_events", None)
         fired = alerts(start, end, self.settings.window.step_seconds) if alerts else []
-        return sorted([e for e in [*self.source.events(), *fired] if start <= e.time <= end], key=lambda e: e.time)
+        # an event label is free text from a deploy log: whatever looks like a credential is masked before any
+        # chart, table or file shows it
+        return sorted([Event(e.time, redact_text(e.label), e.kind) for e in [*self.source.events(), *fired]
+                       if start <= e.time <= end], key=lambda e: e.time)
 
     # --- hand-over files -------------------------------------------------------------------------
     def read(self, name: str) -> Any:
@@ -125,10 +129,18 @@ class Step:
         return f"wrote {name}"
 
     def figure(self, fig, name: str):
-        """Save the figure for the export and return it for display."""
+        """Save the figure for the export and return it for display, with anything shaped like a credential (in an
+        event label from a deploy log, say) masked in both."""
         folder = self.run_dir / FIGURES_DIR
         folder.mkdir(exist_ok=True)
-        (folder / f"{self.name[:2]}-{name}.json").write_text(pio.to_json(fig, pretty=False))
+        raw = pio.to_json(fig, pretty=False)
+        text = redact_text(raw)
+        if text != raw:
+            try:
+                fig = pio.from_json(text)
+            except ValueError:  # a mask that broke the JSON: keep the figure, drop nothing silently
+                text = raw
+        (folder / f"{self.name[:2]}-{name}.json").write_text(text)
         return fig
 
     def header(self) -> pd.DataFrame:
