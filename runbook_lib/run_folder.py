@@ -7,9 +7,10 @@ Layout (each step reads what the one before wrote)::
                             done, failure or interruption (notebook, cell), pid, earlier attempts
       parameters.yaml       the validated parameters (secrets only as references)
       01_symptom_correlation.ipynb ... 05_validation.ipynb   executed notebooks
-      symptoms.json  findings.json  plan.json  audit.jsonl  validation.json
-      figures/<name>.json   every chart shown, as plotly JSON (the export embeds them)
-      postmortem.md  postmortem.html
+      symptoms.json  findings.json  plan.json  audit.jsonl  validation.json  alerts.rules.yml
+      scaling/hpa.yaml  scaling/scaledobject.yaml   autoscaler manifests (with a kubernetes section)
+      figures/<name>.json   every chart shown, as plotly JSON (the export draws them)
+      postmortem.md  postmortem_charts/*.png  postmortem.html  postmortem.pdf
 
 JSON files are written atomically (temp file + rename) so a crash never leaves half a file.
 """
