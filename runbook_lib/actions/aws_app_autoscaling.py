@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from runbook_lib.actions.action_errors import ActionError, ActionFailed, TargetError
+from runbook_lib.actions.action_errors import ActionError, ActionFailed
+from runbook_lib.actions.aws_autoscaling import aws_call
 from runbook_lib.actions.framework import Action, ApplyResult, Inputs, Plan, RollbackResult, VerifyResult
 from runbook_lib.model import app_autoscaling_action_id
 
@@ -137,19 +138,6 @@ class AppAutoScalingInputs(Inputs):
             raise ValueError("resource_label must look like app/<lb>/<id>/targetgroup/<target-group>/<id>")
 
 
-def _call(what: str, fn, **kwargs) -> Any:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return fn(**kwargs)
-    except ClientError as e:
-        err = e.response.get("Error", {})
-        raise ActionFailed(f"{what}: {err.get('Code', 'error')}: {err.get('Message', '')}".strip()) from None
-    except BotoCoreError as e:
-        raise TargetError(f"{what}: {e}",
-                          hint="check aws.region / aws.endpoint_url and the AWS credentials") from None
-
-
 def _kebab(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
 
@@ -255,7 +243,7 @@ class AppAutoScalingTarget(Action):
 
     def _read_target(self, client) -> dict[str, int] | None:
         k = self._keys()
-        out = _call("DescribeScalableTargets", client.describe_scalable_targets,
+        out = aws_call("DescribeScalableTargets", client.describe_scalable_targets,
                     ServiceNamespace=k["ServiceNamespace"], ResourceIds=[k["ResourceId"]],
                     ScalableDimension=k["ScalableDimension"])
         found = [t for t in out.get("ScalableTargets", [])
@@ -266,7 +254,7 @@ class AppAutoScalingTarget(Action):
     def _read_policy(self, client) -> dict[str, Any] | None:
         k, name, token = self._keys(), self.inputs.policy_name, None
         for _ in range(MAX_PAGES):
-            out = _call("DescribeScalingPolicies", client.describe_scaling_policies, **k, PolicyNames=[name],
+            out = aws_call("DescribeScalingPolicies", client.describe_scaling_policies, **k, PolicyNames=[name],
                         **({"NextToken": token} if token else {}))
             for p in out.get("ScalingPolicies", []):  # filtered here too: moto ignores PolicyNames
                 if p["PolicyName"] == name and all(p.get(key) == v for key, v in k.items()):
@@ -295,19 +283,19 @@ class AppAutoScalingTarget(Action):
     def _set_target(self, targets, target: dict[str, int] | None) -> str:
         client = self._client(targets)
         if target is None:
-            _call("DeregisterScalableTarget", client.deregister_scalable_target, **self._keys())
+            aws_call("DeregisterScalableTarget", client.deregister_scalable_target, **self._keys())
         else:
-            _call("RegisterScalableTarget", client.register_scalable_target, **self._keys(),
+            aws_call("RegisterScalableTarget", client.register_scalable_target, **self._keys(),
                   MinCapacity=target["min_capacity"], MaxCapacity=target["max_capacity"])
         return self._target_command(target)
 
     def _set_policy(self, targets, policy: dict[str, Any] | None) -> str:
         client, name = self._client(targets), self.inputs.policy_name
         if policy is None:
-            _call("DeleteScalingPolicy", client.delete_scaling_policy, **self._keys(), PolicyName=name)
+            aws_call("DeleteScalingPolicy", client.delete_scaling_policy, **self._keys(), PolicyName=name)
         else:
             kind = policy["policy_type"]
-            _call("PutScalingPolicy", client.put_scaling_policy, **self._keys(), PolicyName=name,
+            aws_call("PutScalingPolicy", client.put_scaling_policy, **self._keys(), PolicyName=name,
                   PolicyType=kind, **{CONFIG_KEYS[kind]: policy["configuration"]})
         return self._policy_command(policy)
 

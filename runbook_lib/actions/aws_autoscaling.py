@@ -37,7 +37,8 @@ class AsgCapacityInputs(Inputs):
         return self
 
 
-def _call(what: str, fn, **kwargs) -> Any:
+def aws_call(what: str, fn, **kwargs) -> Any:
+    """One boto3 call; an API error becomes ActionFailed with its code and message, a transport one TargetError."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -100,7 +101,7 @@ class AsgCapacity(Action):
 
     def capture(self, targets) -> dict[str, Any]:
         client = targets.autoscaling()
-        out = _call("DescribeAutoScalingGroups", client.describe_auto_scaling_groups,
+        out = aws_call("DescribeAutoScalingGroups", client.describe_auto_scaling_groups,
                     AutoScalingGroupNames=[self.inputs.group])
         groups = out.get("AutoScalingGroups", [])
         if not groups:
@@ -110,7 +111,7 @@ class AsgCapacity(Action):
         return {"min_size": int(g["MinSize"]), "max_size": int(g["MaxSize"]), "desired": int(g["DesiredCapacity"])}
 
     def _set(self, targets, v: dict[str, int]) -> None:
-        _call("UpdateAutoScalingGroup", targets.autoscaling().update_auto_scaling_group,
+        aws_call("UpdateAutoScalingGroup", targets.autoscaling().update_auto_scaling_group,
               AutoScalingGroupName=self.inputs.group, MinSize=v["min_size"], MaxSize=v["max_size"],
               DesiredCapacity=v["desired"])
 
