@@ -193,6 +193,8 @@ class AppConfig(Action):
         super().__init__(inputs, **kwargs)
         if "replicas" in self.names:  # scaling: p95 at the same traffic, with the throughput beside it
             self.effect_signal, self.also_measure = "latency_p95_ms", ("request_rate",)
+        elif "orders_query" in self.names:  # the batched query: fewer statements per request
+            self.effect_signal = "db_query_rate"
         elif not set(self.names) & set(CACHE_KNOBS):
             self.effect_signal = "error_ratio"  # pool knobs: their effect shows on 5xx
 

@@ -25,6 +25,9 @@ from runbook_lib.model import (
 )
 from runbook_lib.plan.autoscaler_manifests import hpa_manifest
 
+# An app knob (model.AppKnobs) that switches a per-item query to its batched form: (knob, N+1 value, batched value).
+N_PLUS_ONE_FLAG = ("orders_query", "n_plus_one", "join")
+
 PHASE_ORDER = {"immediate": 0, "short-term": 1, "long-term": 2}
 
 
@@ -119,13 +122,20 @@ def propose(hyps: list[Hypothesis], statements: pd.DataFrame | None, app_config:
             out.append(PlannedAction(name, "short-term", f"Index {c['table']}({', '.join(c['columns'])})",
                                      "database", "postgres.create_index", inputs,
                                      _gain(h, c.get("share", 0.3)), 1.0, "medium", c["reason"]))
-        if statements is not None and len(statements):
-            for qid, row in n_plus_one(statements).iterrows():
-                out.append(PlannedAction(f"rewrite-n-plus-one-{abs(int(qid)) % 10**8}", "long-term",
-                                         "Load orders with one JOIN instead of one query per user", "database",
-                                         "recommendation", {"queryid": int(qid), "query": row.query},
-                                         _gain(h, 0.3), 8.0, "medium",
-                                         f"{row.calls_per_request:.0f} calls per request", executable=False))
+        per_item = n_plus_one(statements) if statements is not None and len(statements) else pd.DataFrame()
+        for qid, row in per_item.iterrows():
+            out.append(PlannedAction(f"rewrite-n-plus-one-{abs(int(qid)) % 10**8}", "long-term",
+                                     "Batch the per-item query into one JOIN / IN (...) query", "database",
+                                     "recommendation", {"queryid": int(qid), "query": row.query},
+                                     _gain(h, 0.3), 8.0, "medium",
+                                     f"{row.calls_per_request:.0f} calls per request", executable=False))
+        if len(per_item) and cfg.get("orders_query") == N_PLUS_ONE_FLAG[1]:
+            # the app ships the batched query behind a flag: switching it is minutes, reversible, and measured
+            out.append(PlannedAction(app_config_action_id(["orders_query"]), "short-term",
+                                     "Switch the app's orders query to its batched form (flag)", "database",
+                                     "app.config", {"orders_query": N_PLUS_ONE_FLAG[2]}, _gain(h, 0.3), 0.25,
+                                     "medium", f"the app exposes the N+1 fix as {N_PLUS_ONE_FLAG[0]}="
+                                     f"{N_PLUS_ONE_FLAG[2]}; the code change stays the lasting fix"))
     if "application" in by and pool_holders:
         out += _release_held_connections(by["application"], pool_holders)
     elif "application" in by:

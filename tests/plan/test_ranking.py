@@ -50,3 +50,18 @@ def test_nothing_to_do_is_an_empty_table_with_its_columns_and_a_chart():
     assert list(frame.columns)[:7] == ["phase", "action", "cause", "expected gain", "effort (h)", "risk", "score"]
     charts.bar(frame.reset_index(), "id", "score", "scores")  # 03's chart cell on an empty plan
     assert "Nothing to do" in impact_conclusion([])
+
+
+def test_an_n_plus_one_behind_an_app_flag_is_switched_and_still_recommended_for_the_code():
+    import pandas as pd
+
+    per_item = pd.DataFrame({"query": ["SELECT * FROM orders WHERE user_id = $1"], "calls_per_request": [25.0],
+                             "rows_per_call": [3.0], "time_share": [0.6]}, index=pd.Index([42], name="queryid"))
+    with_flag = propose([_database_cause()], per_item, {"orders_query": "n_plus_one"}, [], None, None)
+    flag = [a for a in with_flag if a.kind == "app.config"]
+    assert [(a.inputs, a.executable) for a in flag] == [({"orders_query": "join"}, True)]
+    assert flag[0].id == build_action("app.config", flag[0].inputs).id
+    assert any(a.kind == "recommendation" and "Batch" in a.title for a in with_flag)
+    # without the flag (another app), only the recommendation; a batched app gets no switch either
+    for cfg in (None, {"orders_query": "join"}):
+        assert not [a for a in propose([_database_cause()], per_item, cfg, [], None, None) if a.kind == "app.config"]

@@ -224,7 +224,7 @@ def test_the_fixture_postmortem_is_in_words(run):
     assert "| planned (dry run: nothing applied) | dry run: nothing applied |" in md
     items = prose.split("## Action items", 1)[1]
     assert "| Index orders(user_id, created_at) | database team (unassigned) | short-term |" in items
-    assert "| Load orders with one JOIN instead of one query per user | database team (unassigned) | long-term |" in items
+    assert "| Batch the per-item query into one JOIN / IN (...) query | database team (unassigned) | long-term |" in items
 
 
 def test_without_a_browser_the_text_is_still_written_and_the_error_says_what_to_install(run, tmp_path, monkeypatch):
