@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-15 postgresql-contrib postgresql-15-hypopg redis-server prometheus chromium poppler-utils)
+APT_PACKAGES=(postgresql-15 postgresql-contrib postgresql-15-hypopg redis-server prometheus chromium poppler-utils prometheus-alertmanager)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +18,10 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
     || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+fi
+# prometheus-alertmanager's package may enable a system service on :9093/:9094; the tests start their own
+if command -v systemctl >/dev/null && systemctl is-enabled prometheus-alertmanager >/dev/null 2>&1; then
+  systemctl disable --now prometheus-alertmanager >/dev/null 2>&1 || true
 fi
 
 PY=${PYTHON:-python3.11}

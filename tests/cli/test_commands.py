@@ -109,7 +109,7 @@ def test_full_run_on_the_fixture_then_export(tmp_path, monkeypatch):
     audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
     assert audit and {a["step"] for a in audit} == {"planned"}  # dry run: planned only
     md = (out / "postmortem.md").read_text()
-    assert "## Root cause" in md and "Validation: marginal: Cache hit ratio" in md
+    assert "## Root cause" in md and "Validation: marginal" in md and "Cache hit ratio misses its SLO" in md
     html = (out / "postmortem.html").read_text()
     assert html.count("<div id=\"fig-") >= 3
     # export again by hand: same content
