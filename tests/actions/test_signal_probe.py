@@ -49,12 +49,22 @@ class Service:
         self.thread.start()
 
     def _serve(self):
-        n = 0
+        n, timeout = 0, None
         while not self.stop.wait(0.01):  # ~100 requests/s; with a short pool timeout one in five fails
-            timeout = json.loads(self.knobs_path.read_text())["db_pool_timeout_s"]
+            try:  # a reader can meet a file mid-write (the test's own write is not atomic): keep the last value
+                timeout = json.loads(self.knobs_path.read_text())["db_pool_timeout_s"]
+            except (ValueError, KeyError, OSError):
+                if timeout is None:
+                    continue
             self.timeout.set(timeout)
             n += 1
             self.requests.labels(status="503" if timeout < 1.0 and n % 5 == 0 else "200").inc()
+
+    def set_knob(self, timeout_s):
+        """Switch the knob the way a deploy would: a whole new file, never a half-written one."""
+        tmp = self.knobs_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"db_pool_timeout_s": timeout_s}))
+        tmp.replace(self.knobs_path)
 
     def close(self):
         self.stop.set()
@@ -89,7 +99,7 @@ def source(service, prometheus_factory):
 
 def test_sub_windows_hold_only_their_own_samples(service, source):
     """A knob switched at t: every sub-window after t reads the new value, none carries the old one."""
-    service.knobs_path.write_text(json.dumps({"db_pool_timeout_s": 3.0}))
+    service.set_knob(3.0)
     t = datetime.now(UTC)
     wait_until(lambda: datetime.now(UTC) > t + timedelta(seconds=5), 10, "5 s after the switch")
     after = source.sub_window_values("db_connections_active", t + timedelta(seconds=1), datetime.now(UTC), 4)
@@ -118,7 +128,7 @@ def test_a_pool_knob_is_judged_on_the_5xx_ratio_after_the_change(service, source
 
 
 def test_a_harmful_knob_is_measured_worse_and_undone(service, source, run_dir):
-    service.knobs_path.write_text(json.dumps({"db_pool_timeout_s": 3.0}))
+    service.set_knob(3.0)
     wait_until(lambda: source.sub_window_values("error_ratio", datetime.now(UTC) - timedelta(seconds=3),
                                                 datetime.now(UTC), 1) == [0.0], 30, "the 503s to stop")
     settings = make_settings(apply=True, auto_rollback=True).model_copy(update={"source": source.settings})
