@@ -1,10 +1,12 @@
 """The before/after judge: constructed fixes that worked, that did not, autocorrelated noise, and the bundled incident."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from runbook_lib.model import IncidentWindow
 from runbook_lib.settings import Slo, load_settings
@@ -237,3 +239,38 @@ def test_the_writeup_claims_show_only_for_the_d2_incident(bundled):
                                              ("inc-2026-0142", False), ("d20-outage", False), ("xd2", False)])
 def test_which_incident_is_the_d2_one(incident_id, d2):
     assert ba.is_d2_incident(incident_id) is d2
+
+
+@pytest.fixture(scope="module")
+def unhelped_bundle(tmp_path_factory) -> Path:
+    """The bundled incident re-cut so the changes did not help: from the first change on, every signal replays
+    the incident's own samples (cycled), with the bundle's events, phases and snapshots untouched."""
+    out = tmp_path_factory.mktemp("unhelped") / "d2-unhelped"
+    shutil.copytree(ROOT / "fixtures" / "d2-latency", out)
+    manifest = yaml.safe_load((out / "bundle.yaml").read_text())
+    first_change = min(pd.Timestamp(e["time"]) for e in manifest["events"] if e["kind"] == "remediation")
+    start, end = (pd.Timestamp(t) for t in manifest["phases"]["incident"])
+    signals = pd.read_csv(out / "signals.csv", parse_dates=["time"], index_col="time")
+    incident = signals[(signals.index >= start) & (signals.index < end)]
+    after = signals.index >= first_change
+    signals.loc[after] = np.resize(incident.to_numpy(), (int(after.sum()), signals.shape[1]))
+    signals.to_csv(out / "signals.csv", date_format="%Y-%m-%dT%H:%M:%SZ", index_label="time")
+    return out
+
+
+def test_a_bundle_whose_fix_did_not_help_fails_with_the_reason(unhelped_bundle):
+    src = FixtureSource(unhelped_bundle)
+    df = src.fetch(list(src.available()), *src.default_range(), STEP_S)
+    settings = load_settings(ROOT / "parameters" / "fixtures.yaml")
+    changes = validation.change_events(src.events())
+    v = validation.validation(df, symptom_correlation.symptoms(df, STEP_S).payload, None, settings.slo,
+                              changes=changes, incident_id=settings.incident.id)
+    assert v.after[0] >= max(changes) + ba.SETTLE_AFTER_CHANGE
+    assert v.verdict["outcome"] == "fail", v.verdict
+    assert "latency_p95_ms" in v.verdict["critical_failing"], v.verdict
+    assert "p95" in v.verdict["reason"], v.verdict["reason"]
+    assert v.table.loc["latency_p95_ms", "change"] != "better"
+    assert validation.validation_conclusion(v.verdict, v.table).startswith(
+        "**Concluded: FAIL, not fixed.** API latency p95 is still")
+    claims = v.claims.set_index("signal")
+    assert claims.loc["latency_p95_ms", "holds here"] is False  # the write-up's 800 -> 50 ms is not seen here
