@@ -12,9 +12,10 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from runbook_lib.lab import stack
@@ -33,6 +34,21 @@ SCALE = "0.1"          # 10k users, 100k orders: the degraded endpoints are alre
 BASELINE_S = "60"
 INCIDENT_S = "60"
 COMMAND_TIMEOUT_S = 600
+# Alerts: a rule's `for:` in the lab is 30 s (stack.LAB_ALERT_FOR) and the cause rules read 5 m of rate(), so a
+# firing may land up to a minute after the fix began and the resolution up to ~6 min after it.
+ALERT_LAG = timedelta(seconds=60)
+ALERT_RESOLVE_S = 420
+
+
+def source_of(params: Path, state: Path):
+    """The runbook's own Prometheus source for the lab, from the drill's parameters (which name the lab's folder
+    through $RUNBOOK_LAB_DIR, read when the settings load)."""
+    from runbook_lib.settings import load_settings
+    from runbook_lib.sources import open_source
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RUNBOOK_LAB_DIR", str(state))
+        return open_source(load_settings(params))
 
 
 def runbook(*args: str, env: dict) -> str:
@@ -141,6 +157,31 @@ def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
         assert json.loads(config.read_text()) == prior  # the knobs are back exactly
         wait_until(lambda: len(stack.status(state)["components"]["backend"]["replicas"]) == prior["replicas"], 30,
                    "the extra replica to stop")
+
+        # the alerts the runbook generated (loaded into the lab's Prometheus at `lab up`) fired during the incident
+        # and resolve once the fix shows in their windows; 05 draws both on its chart
+        lab_source = source_of(params, state)
+        deploy = next(e.time for e in lab_source.events() if e.kind == "deploy")
+        first_fix = min(datetime.fromisoformat(a["ts"]) for a in applied)
+
+        def alert_states() -> tuple[set, set]:
+            events = lab_source.alert_events(pd.Timestamp(deploy), pd.Timestamp.now(tz="UTC"), 5)
+            fired = {e.label.removesuffix(" firing") for e in events if e.label.endswith(" firing")
+                     and deploy <= e.time <= first_fix + ALERT_LAG}
+            resolved = {e.label.removesuffix(" resolved") for e in events if e.label.endswith(" resolved")
+                        and e.time > first_fix}
+            return fired, resolved
+
+        wait_until(lambda: alert_states()[0], 10, "an alert that fired during the incident")
+        wait_until(lambda: alert_states()[0] & alert_states()[1], ALERT_RESOLVE_S,
+                   "an incident alert to resolve after the fix")
+        fired, resolved = alert_states()
+        print(f"alerts: fired during the incident {sorted(fired)}; resolved after the fix {sorted(resolved)}")
+        runbook("run", "-p", str(params), "--out", str(run), "--only", "05", "--no-export", env=env)
+        chart = (run / "figures").glob("05-*.json")
+        labels = " ".join(p.read_text() for p in chart)
+        both = sorted(a for a in fired & resolved if f"{a} firing" in labels and f"{a} resolved" in labels)
+        assert both, f"05's chart must show an incident alert firing and resolving: {sorted(fired & resolved)}"
     finally:
         seen.update(lab_pids(state))
         subprocess.run([RUNBOOK, "lab", "down"], check=False, cwd=ROOT, env=env, capture_output=True, timeout=120)
