@@ -204,6 +204,18 @@ class AppKnobs:
     db_pool_timeout_s: float = 5.0       # how long a request waits for a pool connection, then 503
     orders_query: str = "join"           # "n_plus_one": one orders query per listed user
     replicas: int = 1                    # app processes sharing the API socket
+    # Rate limit per replica (token bucket): at most rate_limit_rps requests/s with bursts of rate_limit_burst,
+    # beyond that 429 with Retry-After. 0 = off (the default: no limit).
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: int = 10
+    # Circuit breaker in front of the pool: when at least breaker_min_requests pool-using requests were seen over
+    # the last breaker_window_s seconds and breaker_error_ratio of them failed (pool timeout, database error), it
+    # opens for breaker_open_s: requests serve the stale cached answer or fail fast with 503 instead of queueing
+    # on the pool; then one trial request goes through (half-open). 0 = off (the default).
+    breaker_error_ratio: float = 0.0
+    breaker_window_s: float = 10.0
+    breaker_min_requests: int = 20
+    breaker_open_s: float = 30.0
 
     def problems(self) -> list[str]:
         out = []
@@ -219,10 +231,27 @@ class AppKnobs:
             out.append(f"orders_query must be one of {ORDERS_QUERIES}")
         if not 1 <= self.replicas <= MAX_REPLICAS:
             out.append(f"replicas must be in 1..{MAX_REPLICAS}")
+        if self.rate_limit_rps < 0:
+            out.append("rate_limit_rps must be >= 0 (0 = off)")
+        if self.rate_limit_burst < 1:
+            out.append("rate_limit_burst must be >= 1")
+        if not 0 <= self.breaker_error_ratio <= 1:
+            out.append("breaker_error_ratio must be in 0..1 (0 = off)")
+        if self.breaker_window_s <= 0:
+            out.append("breaker_window_s must be > 0")
+        if self.breaker_min_requests < 1:
+            out.append("breaker_min_requests must be >= 1")
+        if self.breaker_open_s <= 0:
+            out.append("breaker_open_s must be > 0")
         return out
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The knobs of each resilience mechanism (their names carry the prefix), as the plan proposes them together.
+BREAKER_KNOBS = ("breaker_error_ratio", "breaker_window_s", "breaker_min_requests", "breaker_open_s")
+RATE_LIMIT_KNOBS = ("rate_limit_rps", "rate_limit_burst")
 
 
 def knob_types() -> dict[str, str]:

@@ -39,7 +39,14 @@ from runbook_lib.actions.framework import (
     VerifyResult,
 )
 from runbook_lib.errors import AppConfigError
-from runbook_lib.model import AppKnobs, app_config_action_id, knob_types, knob_value
+from runbook_lib.model import (
+    BREAKER_KNOBS,
+    RATE_LIMIT_KNOBS,
+    AppKnobs,
+    app_config_action_id,
+    knob_types,
+    knob_value,
+)
 from runbook_lib.settings import resolve_path
 from runbook_lib.sources.app_config_file import knobs_from_dict, read_app_config
 from runbook_lib.sources.events import append_event
@@ -195,6 +202,10 @@ class AppConfig(Action):
             self.effect_signal, self.also_measure = "latency_p95_ms", ("request_rate",)
         elif "orders_query" in self.names:  # the batched query: fewer statements per request
             self.effect_signal = "db_query_rate"
+        elif set(self.names) & set(BREAKER_KNOBS):  # the breaker serves stale or fails fast: fewer pool 5xx
+            self.effect_signal = "error_ratio"
+        elif set(self.names) & set(RATE_LIMIT_KNOBS):  # shedding the surge (429) keeps the admitted fast
+            self.effect_signal = "latency_p95_ms"
         elif not set(self.names) & set(CACHE_KNOBS):
             self.effect_signal = "error_ratio"  # pool knobs: their effect shows on 5xx
 

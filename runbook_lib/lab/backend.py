@@ -15,6 +15,14 @@ A request holds one pool connection for all its queries; when none frees up with
 ``db_pool_timeout_s`` the request fails with 503 (the pool exhaustion of the seed incident).
 Knobs come from the config file, re-read when its mtime changes (``config.ConfigWatcher``).
 
+Resilience knobs (both off by default, ``runbook_lib.lab.resilience``): with ``rate_limit_rps`` > 0 each
+replica admits that many /api requests per second (bursts of ``rate_limit_burst``) and answers the rest 429
+with Retry-After (status "429" in the request histogram: not a 5xx, outside the error ratio). With
+``breaker_error_ratio`` > 0 a circuit breaker guards the pool: cache misses that fail on the pool or the
+database open it; while open, a miss does not queue on the pool: it gets the stale copy (``stale:`` + the key
+without its volatile part, kept ``STALE_GRACE_S`` longer than the fresh one, written only while a breaker is
+configured) with ``X-Cache: stale``, or fails fast with 503 and ``X-Breaker: open``.
+
 Run by the supervisor: ``python -m runbook_lib.lab.backend --fd N --metrics-port P --index I ...``.
 """
 
@@ -25,6 +33,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import math
 import os
 import signal
 import socket
@@ -50,6 +59,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from runbook_lib.lab.config import POLL_INTERVAL_S, ConfigWatcher, LabConfig
+from runbook_lib.lab.resilience import CLOSED, OPEN, STATES, CircuitBreaker, TokenBucket
 
 # Latency buckets from 1 ms to 10 s: the healthy p95 is a few ms, the degraded one hundreds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25,
@@ -70,6 +80,9 @@ REDIS_TIMEOUT_S = 1.0      # a slow cache counts as a miss, it never fails the r
 POOL_WAIT_THRESHOLD_S = 0.001  # an acquisition slower than this had to wait for a connection
 POOL_CLOSE_TIMEOUT_S = 30.0  # an old pool waits this long for its in-flight requests after a resize
 PR_SET_PDEATHSIG = 1       # linux/prctl.h: signal this process when its parent dies
+# How long past its freshness (cache_ttl_s) a response may still be served stale while the breaker is open.
+STALE_GRACE_S = 600
+STALE_PREFIX = "stale:"
 
 REQUESTS = Histogram("http_request_duration_seconds", "HTTP request duration", ["method", "route", "status"],
                      buckets=LATENCY_BUCKETS)
@@ -86,6 +99,16 @@ CACHE_TTL = Gauge("lab_cache_ttl_seconds", "configured cache TTL")
 REPLICAS = Gauge("lab_replicas_configured", "configured number of replicas")
 CONFIG_INFO = Gauge("lab_config_info", "current knobs as labels", ["cache_key_scheme", "orders_query"])
 CONFIG_RELOADS = Counter("lab_config_reloads", "config changes applied without restart")
+RATE_LIMIT_RPS = Gauge("lab_rate_limit_rps", "configured rate limit per replica (0 = off)")
+RATE_LIMITED = Counter("lab_rate_limited", "requests refused with 429 by the replica's rate limit", ["route"])
+BREAKER_ERROR_RATIO = Gauge("lab_breaker_error_ratio", "configured breaker error ratio (0 = off)")
+BREAKER_STATE = Gauge("lab_breaker_state", "circuit breaker state: 1 for the current one", ["state"])
+BREAKER_OPENS = Counter("lab_breaker_opens", "times the circuit breaker opened")
+STALE_SERVES = Counter("lab_stale_serves", "misses answered with the stale copy while the breaker was open",
+                       ["route"])
+BREAKER_FAIL_FAST = Counter("lab_breaker_fail_fast", "misses answered 503 at once while the breaker was open "
+                            "(no stale copy)", ["route"])
+BREAKER_STATES = ("off", *STATES)
 CACHED_ROUTES = ("users", "user_orders", "products", "dashboard")
 for _route in CACHED_ROUTES:  # export 0 from the start: a ratio over a missing series would be missing
     CACHE_HITS.labels(_route)
@@ -121,12 +144,33 @@ class BadRequest(Exception):
     pass
 
 
+class BreakerOpen(Exception):
+    """The breaker is open and there is no stale copy: fail fast instead of queueing on the pool."""
+
+
+def _show_breaker_state(state: str) -> None:
+    for s in BREAKER_STATES:
+        BREAKER_STATE.labels(s).set(1 if s == state else 0)
+
+
+def _breaker_changed(old: str, new: str) -> None:
+    _show_breaker_state(new)
+    if new == OPEN:
+        BREAKER_OPENS.inc()
+
+
 class Backend:
     """Pool, cache and knobs of one replica."""
 
-    def __init__(self, dsn: str, redis_url: str, config_path: str, index: int):
+    def __init__(self, dsn: str, redis_url: str, config_path: str, index: int, clock=time.monotonic):
         self.dsn, self.redis_url, self.index = dsn, redis_url, index
         self.watcher = ConfigWatcher(config_path)
+        self.clock = clock
+        self.limiter: TokenBucket | None = None
+        self.breaker: CircuitBreaker | None = None
+        self._limit_knobs: tuple | None = None
+        self._breaker_knobs: tuple | None = None
+        self._configure_resilience()
         self.pool: AsyncConnectionPool | None = None
         self.redis: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
@@ -169,8 +213,24 @@ class Backend:
         if self.pool:
             await self.pool.close(timeout=5)
 
+    def _configure_resilience(self) -> None:
+        """A new bucket / breaker when their knobs changed (0 = off); unchanged knobs keep their state."""
+        cfg = self.cfg
+        limit = (cfg.rate_limit_rps, cfg.rate_limit_burst)
+        if limit != self._limit_knobs:
+            self._limit_knobs = limit
+            self.limiter = TokenBucket(*limit, clock=self.clock) if cfg.rate_limit_rps > 0 else None
+        breaker = (cfg.breaker_error_ratio, cfg.breaker_window_s, cfg.breaker_min_requests, cfg.breaker_open_s)
+        if breaker != self._breaker_knobs:
+            self._breaker_knobs = breaker
+            self.breaker = (CircuitBreaker(*breaker, clock=self.clock, on_change=_breaker_changed)
+                            if cfg.breaker_error_ratio > 0 else None)
+            _show_breaker_state(CLOSED if self.breaker else "off")
+
     def _publish_config(self) -> None:
         cfg = self.cfg
+        RATE_LIMIT_RPS.set(cfg.rate_limit_rps)
+        BREAKER_ERROR_RATIO.set(cfg.breaker_error_ratio)
         POOL_MAX.set(cfg.db_pool_max)
         CACHE_TTL.set(cfg.cache_ttl_s)
         REPLICAS.set(cfg.replicas)
@@ -186,14 +246,20 @@ class Backend:
             if self.watcher.poll():
                 if self.cfg.db_pool_max != old.db_pool_max:
                     await self._swap_pool()
+                self._configure_resilience()
                 self._publish_config()
                 CONFIG_RELOADS.inc()
 
     # --- cache ------------------------------------------------------------------------------------
 
-    def cache_key(self, route: str, request: Request) -> str:
+    @staticmethod
+    def stable_key(route: str, request: Request) -> str:
+        """The request's key without any volatile part: route, path id and sorted query."""
         query = "&".join(f"{k}={v}" for k, v in sorted(request.query_params.items()))
-        key = f"api:{route}:{request.path_params.get('user_id', '')}:{query}"
+        return f"api:{route}:{request.path_params.get('user_id', '')}:{query}"
+
+    def cache_key(self, route: str, request: Request) -> str:
+        key = self.stable_key(route, request)
         if self.cfg.cache_key_scheme == "volatile":
             key += f":{time.time_ns() // 1_000_000 // VOLATILE_BUCKET_MS}"
         return key
@@ -205,8 +271,29 @@ class Backend:
             CACHE_HITS.labels(route).inc()
             return Response(raw, media_type="application/json")
         CACHE_MISSES.labels(route).inc()
-        body = json.dumps(await produce(), default=str)
-        await self._cache_set(key, body)
+        breaker = self.breaker
+        stale_key = STALE_PREFIX + self.stable_key(route, request) if breaker else None
+        if breaker and not breaker.allow():
+            # open: do not queue on the pool; the last good answer if Redis still has it, else fail fast
+            stale = await self._cache_get(stale_key)
+            if stale is not None:
+                STALE_SERVES.labels(route).inc()
+                return Response(stale, media_type="application/json", headers={"X-Cache": "stale"})
+            BREAKER_FAIL_FAST.labels(route).inc()
+            raise BreakerOpen()
+        try:
+            body = json.dumps(await produce(), default=str)
+        except (PoolExhausted, psycopg.Error):
+            if breaker:
+                breaker.record(failed=True)
+            raise
+        except BaseException:  # cancelled (client gone): no outcome, but a half-open trial must be given back
+            if breaker:
+                breaker.abandon()
+            raise
+        if breaker:
+            breaker.record(failed=False)
+        await self._cache_set(key, body, stale_key)
         return Response(body, media_type="application/json")
 
     async def _cache_get(self, key: str) -> bytes | None:
@@ -216,9 +303,17 @@ class Backend:
             CACHE_ERRORS.labels("get").inc()
             return None
 
-    async def _cache_set(self, key: str, body: str) -> None:
+    async def _cache_set(self, key: str, body: str, stale_key: str | None = None) -> None:
+        """The fresh copy with cache_ttl_s; with a breaker configured also the stale copy, longer-lived."""
+        ttl = max(1, round(self.cfg.cache_ttl_s))
         try:
-            await self.redis.set(key, body, ex=max(1, round(self.cfg.cache_ttl_s)))
+            if stale_key is None:
+                await self.redis.set(key, body, ex=ttl)
+                return
+            async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for both
+                pipe.set(key, body, ex=ttl)
+                pipe.set(stale_key, body, ex=ttl + STALE_GRACE_S)
+                await pipe.execute()
         except Exception:  # noqa: BLE001
             CACHE_ERRORS.labels("set").inc()
 
@@ -281,17 +376,28 @@ def _int_param(request: Request, name: str, default: int, lo: int = 1, hi: int =
 
 
 def endpoint(route: str):
-    """Time the handler into the histogram; map pool exhaustion to 503, database errors to 500."""
+    """Time the handler into the histogram; refuse beyond the rate limit with 429; map pool exhaustion and an
+    open breaker to 503, database errors to 500."""
 
     def deco(fn):
         async def handler(request: Request) -> Response:
             t0 = perf_counter()
+            b = request.app.state.backend
+            wait = b.limiter.take() if b.limiter else 0.0
             try:
-                resp = await fn(request, request.app.state.backend)
+                if wait:
+                    RATE_LIMITED.labels(route).inc()
+                    resp = JSONResponse({"error": "rate limited"}, status_code=429,
+                                        headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                else:
+                    resp = await fn(request, b)
             except BadRequest as e:
                 resp = JSONResponse({"error": str(e)}, status_code=400)
             except PoolExhausted:
                 resp = JSONResponse({"error": "database pool exhausted"}, status_code=503)
+            except BreakerOpen:
+                resp = JSONResponse({"error": "circuit breaker open: database pool unavailable"}, status_code=503,
+                                    headers={"X-Breaker": "open"})
             except psycopg.Error as e:
                 resp = JSONResponse({"error": f"database error: {type(e).__name__}"}, status_code=500)
             REQUESTS.labels(request.method, route, str(resp.status_code)).observe(perf_counter() - t0)

@@ -14,7 +14,9 @@ class LabNotRunning(LabError):
 
 
 class LabConfigError(LabError):
-    hint = "knobs: cache_ttl_s, cache_key_scheme, db_pool_max, db_pool_timeout_s, orders_query, replicas"
+    hint = ("knobs: cache_ttl_s, cache_key_scheme, db_pool_max, db_pool_timeout_s, orders_query, replicas, "
+            "rate_limit_rps, rate_limit_burst, breaker_error_ratio, breaker_window_s, breaker_min_requests, "
+            "breaker_open_s")
 
 
 class LoadTargetError(LabError):

@@ -12,6 +12,8 @@ import pandas as pd
 
 from runbook_lib.diagnose.statements import IDLE_TX_HOLD_S, n_plus_one
 from runbook_lib.model import (
+    BREAKER_KNOBS,
+    RATE_LIMIT_KNOBS,
     Hypothesis,
     PlannedAction,
     app_config_action_id,
@@ -193,7 +195,7 @@ def scaling_actions(sizing: dict | None, app_config: dict | None, hyps: list[Hyp
     the incident (the sizing measured saturation or a surge *and* the diagnosis did not rule capacity out) and the
     app's knobs are known; otherwise the autoscaler bounds as a safeguard: with the parameters' ``kubernetes``
     section an executable server-side apply of the HPA (``kubernetes.apply``; the KEDA alternative is written beside
-    it for review), else a recommendation."""
+    it for review), else a recommendation. Then the resilience knobs the app has (``resilience_actions``)."""
     if not sizing or sizing.get("capacity_per_replica") is None:
         return []
     cfg = app_config or {}
@@ -204,6 +206,47 @@ def scaling_actions(sizing: dict | None, app_config: dict | None, hyps: list[Hyp
         sizing = {**sizing, "addresses_incident": False, "summary": sizing["summary"].split(" Scaling")[0] + (
             " The CPU or traffic moved, but the diagnosis ruled out capacity as the cause: scaling out would add "
             "load to what is slow; the bounds are a safeguard, not the fix.")}
+    return _capacity_actions(sizing, cfg, by, kubernetes) + resilience_actions(sizing, cfg, by)
+
+
+def resilience_actions(sizing: dict, cfg: dict, by: dict[str, Hypothesis]) -> list[PlannedAction]:
+    """The breaker and the rate limit sized by ``scaling_sizing``, as ``app.config`` changes, only for an app whose
+    knobs include them (its config read live: the lab's, or a file with those keys) and only where they matter:
+
+    * the circuit breaker when the pool-exhaustion hypothesis (``application``) stands: while the pool is
+      exhausted, misses serve the stale cached answer or fail fast instead of queueing for the pool timeout
+      (judged on the 5xx ratio);
+    * the rate limit when scaling addresses the incident (a surge or saturation the diagnosis blames, so the
+      ``infrastructure`` hypothesis stands): the excess is shed with 429 instead of slowing every request (judged
+      on p95). Otherwise it stays in the autoscaling recommendation.
+
+    A knob set that already holds the sized values is not proposed again."""
+    out = []
+    breaker = sizing.get("circuit_breaker")
+    if "application" in by and breaker and all(k in cfg for k in BREAKER_KNOBS):
+        changes = {"breaker_error_ratio": breaker["error_ratio"], "breaker_window_s": breaker["window_s"],
+                   "breaker_min_requests": breaker["min_requests"], "breaker_open_s": breaker["open_s"]}
+        if any(cfg[k] != v for k, v in changes.items()):
+            out.append(PlannedAction(
+                app_config_action_id(changes), "immediate",
+                f"Put a circuit breaker in front of the DB pool (open above {breaker['error_ratio']:.0%} errors "
+                f"over {breaker['window_s']:g} s, for {breaker['open_s']:g} s)", "application", "app.config",
+                changes, _gain(by["application"], 0.15), 0.25, "medium",
+                sizing["reasons"].get("circuit_breaker", "")))
+    limit = sizing.get("rate_limit")
+    if sizing["addresses_incident"] and limit and all(k in cfg for k in RATE_LIMIT_KNOBS):
+        changes = {"rate_limit_rps": limit["per_replica_rps"], "rate_limit_burst": limit["burst"]}
+        if any(cfg[k] != v for k, v in changes.items()):
+            out.append(PlannedAction(
+                app_config_action_id(changes), "immediate",
+                f"Rate-limit each replica to {limit['per_replica_rps']:g} req/s (burst {limit['burst']})",
+                "infrastructure", "app.config", changes, _gain(by["infrastructure"], 0.2), 0.25, "medium",
+                sizing["reasons"].get("rate_limit", "")))
+    return out
+
+
+def _capacity_actions(sizing: dict, cfg: dict, by: dict[str, Hypothesis],
+                      kubernetes: dict | None) -> list[PlannedAction]:
     if sizing["addresses_incident"] and "replicas" in cfg:
         changes = {"replicas": max(sizing["min_replicas"], int(cfg["replicas"]))}
         if sizing.get("pool_per_replica") and "db_pool_max" in cfg:

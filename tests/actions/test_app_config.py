@@ -152,6 +152,26 @@ def test_app_config_through_execute_and_rollback_run_once_targets_know_the_app_f
     assert u.status == "rolled back" and read_config(lab_config) == DEGRADED
 
 
+def test_breaker_and_rate_limit_knobs_on_a_config_file_that_predates_them(tmp_path, run_dir):
+    """A config file written before the resilience knobs existed reads as both off; the breaker is set, judged on
+    the 5xx ratio, and rolled back to off; the rate limit is judged on p95."""
+    old = {k: v for k, v in DEGRADED.as_dict().items() if not k.startswith(("breaker_", "rate_limit_"))}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    changes = {"breaker_error_ratio": 0.05, "breaker_window_s": 10, "breaker_min_requests": 25, "breaker_open_s": 30}
+    breaker = AppConfig({**changes, "config_file": str(path)})
+    assert breaker.effect_signal == "error_ratio"
+    assert breaker.id == "app-config-breaker_error_ratio-breaker_min_requests-breaker_open_s-breaker_window_s"
+    assert AppConfig(rate_limit_rps=12.5, rate_limit_burst=25).effect_signal == "latency_p95_ms"
+    with pytest.raises(ActionInputError, match="breaker_error_ratio"):
+        AppConfig(breaker_error_ratio=1.5)
+    [o] = execute([breaker], make_settings(apply=True), run_dir)
+    assert o.status == "applied" and read_config(path).breaker_error_ratio == 0.05
+    [u] = rollback_run(run_dir, apply=True)
+    assert u.status == "rolled back"
+    assert read_config(path) == DEGRADED  # off again (the keys now written out with their off values)
+
+
 def test_configmap_patch_is_planned_only_and_refused_at_capture(lab_config):
     a = AppConfig({"cache_ttl_s": 300, "cache_key_scheme": "normalized", "via": "configmap",
                    "configmap": "shop/api-config"})
