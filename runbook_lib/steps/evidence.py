@@ -10,6 +10,8 @@ the reason; nothing is invented.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -76,20 +78,61 @@ def recent_request_rate(signals: pd.DataFrame) -> float | None:
     return float(rate.mean()) if len(rate) else None
 
 
-def _postgres(settings: Settings, rate: float | None, window_s: float):
-    return pg_snapshots(settings.postgres, window_s=window_s, request_rate=rate)
+@dataclass
+class LiveWindow:
+    """The raw live evidence of one window: two PostgreSQL statistics snapshots and one Redis collection (INFO at
+    both ends, names watched in between, the key sample), taken at once; a part that could not be read is None
+    with the reason in ``missing``. Reduced to ``Snapshots`` by ``reduce_window``."""
+
+    window_s: float
+    pg: tuple[Any, Any] | None = None        # (start, end) pg_statistics.DbSnapshot
+    redis: CacheSnapshot | None = None
+    missing: list[str] = field(default_factory=list)
 
 
-def _redis(settings: Settings, window_s: float):
+def _pg_window(pg: Postgres, window_s: float):
+    from runbook_lib.sources import pg_statistics as stats
+
+    with pg_connect(pg) as conn:
+        return stats.window(conn, window_s) if window_s else stats.since_reset(conn)
+
+
+def _redis_window(settings: Settings, window_s: float) -> CacheSnapshot:
     from runbook_lib.sources import redis_snapshot as collect
 
     client = collect.connect_settings(settings.redis)
     try:
-        snap = collect.collect(client, redact_text(settings.redis.url), window_s=window_s,
+        return collect.collect(client, redact_text(settings.redis.url), window_s=window_s,
                                app_config=_app_config(settings))
     finally:
         client.close()
-    return cache_report.hypothesis_snapshots(snap, settings.slo.cache_hit_ratio, settings.slo.cache_sizing_target())
+
+
+def collect_window(settings: Settings, window_s: float = LIVE_WINDOW_S) -> LiveWindow:
+    """Both live windows at once (PostgreSQL statistics, Redis), ``window_s`` long. Never raises for a server
+    that cannot be read: that part is None and ``missing`` says why."""
+    raw = LiveWindow(window_s)
+    jobs = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        if settings.postgres:
+            jobs["PostgreSQL statistics"] = pool.submit(_pg_window, settings.postgres, window_s)
+        else:
+            raw.missing.append("PostgreSQL statistics: no postgres section in the parameters")
+        if settings.redis:
+            jobs["Redis INFO and key sample"] = pool.submit(_redis_window, settings, window_s)
+        else:
+            raw.missing.append("Redis INFO and key sample: no redis section in the parameters")
+        for what, job in jobs.items():
+            try:
+                result = job.result()
+            except RunbookError as err:
+                raw.missing.append(f"{what}: {redact_text(str(err))}")
+                continue
+            if what.startswith("PostgreSQL"):
+                raw.pg = result
+            else:
+                raw.redis = result
+    return raw
 
 
 def _app_config(settings: Settings) -> dict | None:
@@ -103,38 +146,38 @@ def _app_config(settings: Settings) -> dict | None:
         return None
 
 
-def gather(settings: Settings, source, signals: pd.DataFrame,
-           window_s: float = LIVE_WINDOW_S) -> tuple[Snapshots, dict]:
-    """Snapshots for the root-cause step, and a note of where they came from and what is missing."""
+def gather(settings: Settings, source, signals: pd.DataFrame, window_s: float = LIVE_WINDOW_S,
+           run_dir: Path | None = None) -> tuple[Snapshots, dict]:
+    """Snapshots for the root-cause step, and a note of where they came from and what is missing.
+
+    Live: the window ``runbook run`` opened when the run began (``evidence_prefetch``, in ``run_dir``), else
+    one taken now."""
     if isinstance(source, FixtureSource):
         return from_bundle(source, signals, settings.slo.cache_hit_ratio, settings.slo.cache_sizing_target())
-    snap, meta = Snapshots(), {"window": None, "requests": None, "from": source.description, "missing": []}
-    print(f"taking PostgreSQL and Redis snapshots {window_s:.0f} s apart ...", flush=True)
-    jobs = {}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        if settings.postgres:
-            jobs["PostgreSQL statistics"] = pool.submit(_postgres, settings, recent_request_rate(signals), window_s)
-        else:
-            meta["missing"].append("PostgreSQL statistics: no postgres section in the parameters")
-        if settings.redis:
-            jobs["Redis INFO and key sample"] = pool.submit(_redis, settings, window_s)
-        else:
-            meta["missing"].append("Redis INFO and key sample: no redis section in the parameters")
-        for what, job in jobs.items():
-            try:
-                result = job.result()
-            except RunbookError as err:
-                meta["missing"].append(f"{what}: {redact_text(str(err))}")
-                continue
-            if what.startswith("PostgreSQL"):
-                pg_snap, pg_meta = result
-                snap.statements, snap.tables = pg_snap.statements, pg_snap.tables
-                snap.indexes, snap.activity = pg_snap.indexes, pg_snap.activity
-                meta.update(window=pg_meta["window"], requests=pg_meta["requests"])
-                meta["missing"] += pg_meta.get("missing", [])
-            else:
-                for k, v in result.items():
-                    setattr(snap, k, v)
+    from runbook_lib.steps import evidence_prefetch
+
+    raw = evidence_prefetch.take(run_dir) if run_dir is not None else None
+    if raw is None:
+        print(f"taking PostgreSQL and Redis snapshots {window_s:.0f} s apart ...", flush=True)
+        raw = collect_window(settings, window_s)
+    return reduce_window(settings, raw, signals, source.description)
+
+
+def reduce_window(settings: Settings, raw: LiveWindow, signals: pd.DataFrame,
+                  described: str) -> tuple[Snapshots, dict]:
+    """The raw live window reduced to the shapes the diagnosis reads (the same as a bundle's)."""
+    snap = Snapshots()
+    meta = {"window": None, "requests": None, "from": described, "missing": list(raw.missing)}
+    if raw.pg is not None:
+        pg_snap, pg_meta = _pg_reduce(*raw.pg, window_s=raw.window_s, request_rate=recent_request_rate(signals))
+        snap.statements, snap.tables = pg_snap.statements, pg_snap.tables
+        snap.indexes, snap.activity = pg_snap.indexes, pg_snap.activity
+        meta.update(window=pg_meta["window"], requests=pg_meta["requests"])
+        meta["missing"] += pg_meta.get("missing", [])
+    if raw.redis is not None:
+        for k, v in cache_report.hypothesis_snapshots(raw.redis, settings.slo.cache_hit_ratio,
+                                                      settings.slo.cache_sizing_target()).items():
+            setattr(snap, k, v)
     return snap, meta
 
 
@@ -163,10 +206,14 @@ def pg_snapshots(pg: Postgres, window_s: float | None = None, request_rate: floa
 
     ``request_rate`` (requests/s over the window, e.g. the request_rate signal's mean) or ``requests``
     gives calls per request; without either, N+1 cannot be judged (calls_per_request is NaN)."""
+    start, end = _pg_window(pg, window_s)
+    return _pg_reduce(start, end, window_s, request_rate, requests)
+
+
+def _pg_reduce(start, end, window_s: float | None, request_rate: float | None = None,
+               requests: float | None = None) -> tuple[Snapshots, dict[str, Any]]:
     from runbook_lib.sources import pg_statistics as stats
 
-    with pg_connect(pg) as conn:
-        start, end = stats.window(conn, window_s) if window_s else stats.since_reset(conn)
     seconds = stats.window_seconds(start, end)
     n = requests if requests is not None else (request_rate * seconds if request_rate else None)
     snap = db_dx.to_snapshots(start, end, n)

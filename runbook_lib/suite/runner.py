@@ -43,6 +43,7 @@ from runbook_lib.run_folder import (
 )
 from runbook_lib.settings import Settings, display_path, load_settings, project_root
 from runbook_lib.sources import SignalSource, open_source, pg_statistics, redis_snapshot
+from runbook_lib.sources.fixture_bundle import FixtureSource
 
 NOTEBOOKS = ("01_symptom_correlation", "02_root_cause", "03_impact_assessment", "04_remediation", "05_validation")
 # The kernel's own log: ipykernel 7 warns on every start that its loopback TCP sockets are unencrypted (the
@@ -219,10 +220,26 @@ def run_suite(parameters: Path, out: Path | None = None, export: bool = True,
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         with _locked(run_dir):
-            return _run(run_dir, parameters, settings, source, chosen, export)
+            prefetch = _open_evidence_window(settings, source, run_dir, chosen)
+            try:
+                return _run(run_dir, parameters, settings, source, chosen, export)
+            finally:
+                if prefetch is not None:
+                    prefetch.discard()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _open_evidence_window(settings: Settings, source: SignalSource, run_dir: Path,
+                          chosen: list[str]):
+    """Live runs that reach 02: its PostgreSQL/Redis window opens now and overlaps 01 (``evidence_prefetch``;
+    imported here: it brings the diagnosis modules, which a fixture run's process never needs)."""
+    if isinstance(source, FixtureSource) or NOTEBOOKS[1] not in chosen or not (settings.postgres or settings.redis):
+        return None
+    from runbook_lib.steps import evidence_prefetch
+
+    return evidence_prefetch.Prefetch(settings, run_dir)
 
 
 def _run(run_dir: Path, parameters: Path, settings: Settings, source: SignalSource, chosen: list[str],
