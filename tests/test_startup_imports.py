@@ -24,3 +24,14 @@ def test_plotly_and_nbformat_do_not_pull_in_the_iri_grammars():
 def test_an_earlier_import_of_rfc3987_syntax_is_left_alone():
     out = _run("import rfc3987_syntax, runbook_lib, sys; print(sys.modules['rfc3987_syntax'] is not None)")
     assert out == "True"
+
+
+def test_notebook_04_does_not_load_scipy_stats_to_start():
+    # 04 imports the verify loop (actions.execution) in every mode; scipy.stats (~0.8 s) only when measuring
+    out = _run("import runbook_lib.steps.remediation, runbook_lib.actions.execution, sys; "
+               "from runbook_lib.actions.effect_verdict import wilson; lo, hi = wilson(90, 100); "
+               "print(round(lo, 4), round(hi, 4), 'scipy.stats' in sys.modules)")
+    assert out == "0.8256 0.9448 True"  # measuring loads it
+    out = _run("import runbook_lib.steps.remediation, runbook_lib.actions.execution, sys; "
+               "print('scipy.stats' in sys.modules)")
+    assert out == "False"
