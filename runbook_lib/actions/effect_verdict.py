@@ -16,7 +16,8 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from scipy import stats
+# scipy.stats is imported by the two functions that need it: it costs ~0.8 s, and notebook 04 imports this
+# module (through actions.execution) in every mode but measures only in lab and live mode.
 
 # A relative change smaller than this is "no effect" even when the intervals separate: the incident moved its
 # signals by 10x (p95 40 -> 800 ms, hit ratio 0.9 -> <0.1), so a fix worth keeping moves them by far more.
@@ -53,6 +54,8 @@ def wilson(successes: float, n: float, confidence: float = CONFIDENCE) -> tuple[
     """Wilson score interval of a proportion (hits / lookups); (0, 1) without data."""
     if n <= 0:
         return 0.0, 1.0
+    from scipy import stats
+
     z = stats.norm.ppf(0.5 + confidence / 2)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -68,6 +71,8 @@ def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[
     m = statistics.fmean(clean)
     if len(clean) < 2:
         return m, m, m
+    from scipy import stats
+
     half = stats.t.ppf(0.5 + confidence / 2, len(clean) - 1) * statistics.stdev(clean) / math.sqrt(len(clean))
     return m, m - half, m + half
 

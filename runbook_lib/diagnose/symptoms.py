@@ -132,6 +132,19 @@ def best_lag(x: pd.Series, y: pd.Series, max_lag: int = MAX_LAG_STEPS) -> tuple[
     return best
 
 
+def spearman(x: pd.Series, y: pd.Series) -> float:
+    """Spearman's rank correlation as pandas' ``x.corr(y, method="spearman")`` computes it (scipy's
+    ``spearmanr``: average ranks of the pairs where both are present, then numpy's ``corrcoef``), bit for bit,
+    without importing scipy.stats (~0.8 s at the start of notebook 01). Both series share one index."""
+    valid = (x.notna() & y.notna()).to_numpy()
+    a, b = x.to_numpy(dtype=float)[valid], y.to_numpy(dtype=float)[valid]
+    if len(a) <= 1 or (a[0] == a).all() or (b[0] == b).all():
+        return float("nan")
+    ranks = np.column_stack((pd.Series(a).rank(method="average").to_numpy(),
+                             pd.Series(b).rank(method="average").to_numpy()))
+    return float(np.corrcoef(ranks, rowvar=False)[1, 0])
+
+
 def correlate(df: pd.DataFrame, win: IncidentWindow, step_seconds: int,
               primary: str = PRIMARY_SIGNAL) -> pd.DataFrame:
     """Per signal: Spearman correlation with the primary, onset time, lead vs the primary, best lag."""
@@ -144,7 +157,7 @@ def correlate(df: pd.DataFrame, win: IncidentWindow, step_seconds: int,
         if seg[name].nunique() <= 1:
             rho, lag, lag_corr = np.nan, 0, np.nan
         else:
-            rho = float(seg[name].corr(seg[primary], method="spearman"))
+            rho = spearman(seg[name], seg[primary])
             lag, lag_corr = best_lag(seg[name], seg[primary])
         lead = (p_onset - onset).total_seconds() if (onset is not None and p_onset is not None) else np.nan
         rows.append({"signal": name, "spearman_vs_primary": rho, "onset": onset, "leads_primary_by_s": lead,

@@ -22,7 +22,8 @@ TTL: a popularity model extrapolated beyond the window.
   extend them, as with ``SET ... EX``), a key requested as a Poisson stream of rate ``λ`` is missed once,
   then hit for ``T`` seconds, then missed at its next request: ``λT/(1+λT)`` of its requests hit. The
   predicted hit ratio of a TTL is that, weighted by each key's rate, over all fitted keys; its low and high
-  ends are the extremes over the range. From an empty cache the ratio climbs first: at ``t <= T`` a key is
+  ends are the extremes over the range (found at each family size's steepest and flattest law in the range,
+  ``ZipfFit.band_ends``). From an empty cache the ratio climbs first: at ``t <= T`` a key is
   cached when it was requested since, ``1 - e^(-λt)``.
 * Choice. The shortest round TTL whose predicted hit ratio reaches the target even at the low end of the
   range, capped by how stale a response may be (``max_staleness_s``, a product decision). When none does,
@@ -37,9 +38,11 @@ model (no timestamped names) the fallback is the miss rate x distinct share x TT
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -72,6 +75,9 @@ REFINE = 4
 # under 3% within a bin): a family of 10 million keys costs ~800 terms.
 EXACT_RANKS = 500
 RANK_BIN_RATIO = 1.03
+# The fit's family sizes are scored on this many threads (numpy's loops release the GIL; a size's scores do
+# not depend on the others, so the result is the same on any number).
+FIT_THREADS = min(4, os.cpu_count() or 1)
 # A prediction range wider than this (high - low at the recommended TTL) is called out: watch longer.
 WIDE_RANGE = 0.05
 # The cold-cache climb is reported at these times after the fix (up to the TTL).
@@ -156,13 +162,23 @@ def fill_hit_ratio(rate: float, exponent: float, n_keys: int, t_s: float) -> flo
     return float((mult * lam * -np.expm1(-lam * t_s)).sum() / rate) if rate > 0 else float("nan")
 
 
-@lru_cache(maxsize=64)
-def _band_groups(band: tuple[tuple[float, int], ...]) -> tuple[tuple[int, np.ndarray, np.ndarray], ...]:
-    """The band's (exponent, size) pairs grouped by size: (size, positions in the band, exponents)."""
+@lru_cache(maxsize=16)
+def _band_groups(band: tuple[tuple[float, int], ...]) -> tuple[tuple[int, np.ndarray, np.ndarray, np.ndarray], ...]:
+    """The band's (exponent, size) pairs grouped by size: (size, positions in the band, the Zipf weights
+    ``ranks ** -exponent`` of each pair (a row each), their sums over the family's keys). The weights do not
+    depend on the rate or the TTL: computed once per band, not once per candidate TTL."""
     by: dict[int, list[int]] = {}
     for i, (_, n) in enumerate(band):
         by.setdefault(int(n), []).append(i)
-    return tuple((n, np.asarray(idx), np.asarray([band[i][0] for i in idx], dtype=float)) for n, idx in by.items())
+    out = []
+    for n, idx in by.items():
+        ranks, mult = _rank_grid(n)
+        exps = np.asarray([band[i][0] for i in idx], dtype=float)
+        w = np.exp(-exps[:, None] * np.log(ranks)[None, :])  # ranks ** -exponent, without a log per element
+        for a in (w, wsum := (w @ mult)[:, None]):
+            a.flags.writeable = False
+        out.append((n, np.asarray(idx), w, wsum))
+    return tuple(out)
 
 
 def band_values(rate: float, band: tuple[tuple[float, int], ...], ttl_s: float, what: str) -> np.ndarray:
@@ -170,10 +186,9 @@ def band_values(rate: float, band: tuple[tuple[float, int], ...], ttl_s: float, 
     fit's band at once: one matrix per family size instead of a Python call per pair (the band holds
     thousands of pairs, and the TTL search evaluates it for every candidate TTL)."""
     out = np.empty(len(band))
-    for n, idx, exps in _band_groups(band):
-        ranks, mult = _rank_grid(n)
-        w = np.exp(-exps[:, None] * np.log(ranks)[None, :])  # ranks ** -exponent, without a log per element
-        lam = rate * w / (w @ mult)[:, None]
+    for n, idx, w, wsum in _band_groups(band):
+        mult = _rank_grid(n)[1]
+        lam = rate * w / wsum
         x = lam * ttl_s
         if what == "hit":
             out[idx] = (mult * lam * x / (1 + x)).sum(axis=1) / rate if rate > 0 else np.nan
@@ -192,6 +207,21 @@ class ZipfFit:
     @property
     def size_unbounded(self) -> bool:
         return any(n >= MAX_FAMILY_KEYS for _, n in self.band)
+
+    @cached_property
+    def band_ends(self) -> tuple[tuple[float, int], ...]:
+        """The band's lowest and highest exponent for each family size: where the band's extremes lie.
+
+        Within one size a steeper law majorizes a flatter one (the ratio of their key rates falls with the
+        rank), so a sum of a convex function of the key rates (the hit ratio, λ·λT/(1+λT)) rises with the
+        exponent and a sum of a concave one (the cached keys, λT/(1+λT)) falls: the extremes over the band
+        are the extremes over these ends, a few hundred pairs instead of tens of thousands
+        (tests/plan/test_cache_model_fast.py checks them against every pair)."""
+        lo: dict[int, float] = {}
+        hi: dict[int, float] = {}
+        for e, n in self.band:
+            lo[n], hi[n] = min(e, lo.get(n, e)), max(e, hi.get(n, e))
+        return tuple(sorted({(lo[n], n) for n in lo} | {(hi[n], n) for n in hi}))
 
 
 def _family_sizes(seen: int) -> np.ndarray:
@@ -231,9 +261,12 @@ def fit_zipf(counts: Iterable[int]) -> ZipfFit:
     scores: dict[tuple[float, int], float] = {}
 
     def evaluate(exponents: np.ndarray, sizes: Iterable[int]) -> None:
-        for size in sizes:
-            for e, v in zip(exponents, _loglik(js, fj, n, exponents, int(size)), strict=True):
-                scores[(round(float(e), 4), int(size))] = float(v)
+        sizes = [int(size) for size in sizes]
+        with ThreadPoolExecutor(FIT_THREADS) as pool:  # each size alone, in order: the same scores as one by one
+            rows = list(pool.map(lambda size: _loglik(js, fj, n, exponents, size), sizes))
+        for size, row in zip(sizes, rows, strict=True):
+            for e, v in zip(exponents, row, strict=True):
+                scores[(round(float(e), 4), size)] = float(v)
 
     def band() -> list[tuple[float, int]]:
         top = max(scores.values())
@@ -278,12 +311,12 @@ class Family:
     def hit_ratio(self, ttl_s: float) -> dict[str, float]:
         fit = steady_hit_ratio(self.rate_per_s, self.fit.exponent, self.fit.keys, ttl_s)
         lo, hi = self.rate_range
-        return {"fit": fit, "low": float(band_values(lo, self.fit.band, ttl_s, "hit").min()),
-                "high": float(band_values(hi, self.fit.band, ttl_s, "hit").max())}
+        return {"fit": fit, "low": float(band_values(lo, self.fit.band_ends, ttl_s, "hit").min()),
+                "high": float(band_values(hi, self.fit.band_ends, ttl_s, "hit").max())}
 
     def cached_keys(self, ttl_s: float) -> dict[str, float]:
         return {"fit": cached_keys(self.rate_per_s, self.fit.exponent, self.fit.keys, ttl_s),
-                "high": float(band_values(self.rate_range[1], self.fit.band, ttl_s, "cached").max())}
+                "high": float(band_values(self.rate_range[1], self.fit.band_ends, ttl_s, "cached").max())}
 
     def summary(self) -> dict[str, Any]:
         exps = [s for s, _ in self.fit.band]

@@ -44,6 +44,7 @@ from runbook_lib.run_folder import (
 from runbook_lib.settings import Settings, display_path, load_settings, project_root
 from runbook_lib.sources import SignalSource, open_source, pg_statistics, redis_snapshot
 from runbook_lib.sources.fixture_bundle import FixtureSource
+from runbook_lib.suite.engine import ENGINE_NAME
 
 NOTEBOOKS = ("01_symptom_correlation", "02_root_cause", "03_impact_assessment", "04_remediation", "05_validation")
 # The kernel's own log: ipykernel 7 warns on every start that its loopback TCP sockets are unencrypted (the
@@ -265,7 +266,7 @@ def _run(run_dir: Path, parameters: Path, settings: Settings, source: SignalSour
             papermill.execute_notebook(
                 str(notebooks_dir() / f"{name}.ipynb"), str(output),
                 parameters={"parameters_file": str(run_dir / PARAMETERS_FILE), "run_dir": str(run_dir)},
-                kernel_name="python3", cwd=str(project_root()), progress_bar=False,
+                kernel_name="python3", engine_name=ENGINE_NAME, cwd=str(project_root()), progress_bar=False,
                 start_timeout=KERNEL_START_TIMEOUT_S, report_mode=False,
                 extra_arguments=KERNEL_ARGUMENTS,
             )
