@@ -116,14 +116,19 @@ def update_run_status(run_dir: Path, **fields: Any) -> dict:
     return state
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (a zombie, exited but not reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, someone else's
         return True
-    return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:  # a zombie still answers kill(0)
+        return stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:  # gone between the two looks, or a system without /proc (then kill(0) has answered)
+        return not Path("/proc/self").exists()
 
 
 def run_status(run_dir: Path) -> dict:
@@ -133,7 +138,7 @@ def run_status(run_dir: Path) -> dict:
     state = json.loads(f.read_text()) if f.exists() else {}
     pid = state.get("pid")
     if state.get("status") == "running" and pid and state.get("host") == socket.gethostname() \
-            and not _process_alive(int(pid)):
+            and not process_alive(int(pid)):
         state = update_run_status(run_dir, status="abandoned", abandoned_at=utc_now().isoformat(),
                                   failure={"notebook": state.get("current"), "cell": None,
                                            "error": f"the run's process (pid {pid}) is gone: killed or crashed"})

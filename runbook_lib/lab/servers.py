@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runbook_lib.lab.lab_errors import ServiceError
+from runbook_lib.run_folder import process_alive
 
 # Bounded waits (seconds). PostgreSQL starts in ~0.1 s and initdb takes ~0.4 s on these machines;
 # Prometheus is ready in <0.1 s but its first scrape lands 5-6 s after start (target-sync throttle).
@@ -65,19 +66,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path |
         delay = min(delay * 2, 0.25)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child still answers kill(0); treat it as gone
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        return state != "Z"
-    except OSError:
-        return False
+pid_alive = process_alive  # the lab's name for it (its callers and tests use it)
 
 
 def cmdline(pid: int) -> str:

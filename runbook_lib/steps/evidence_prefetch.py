@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from runbook_lib.run_folder import process_alive
 from runbook_lib.settings import Settings
 from runbook_lib.steps.evidence import LIVE_WINDOW_S, LiveWindow, collect_window
 
@@ -74,16 +75,6 @@ def _pending(run_dir: Path) -> dict | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def take(run_dir: Path, clock=time.time, sleep=time.sleep) -> LiveWindow | None:
     """The window the run opened, once it has closed (waiting for it, bounded); None when there is none, its
     runner is gone, or it is late (the caller then takes its own window)."""
@@ -94,7 +85,7 @@ def take(run_dir: Path, clock=time.time, sleep=time.sleep) -> LiveWindow | None:
         if left > 0:
             print(f"PostgreSQL and Redis window opened when the run began: {left:.0f} s left ...", flush=True)
         deadline = pending["closes_at"] + TAKE_GRACE_S
-        while not path.exists() and clock() < deadline and _alive(pending["pid"]) and \
+        while not path.exists() and clock() < deadline and process_alive(pending["pid"]) and \
                 (run_dir / PENDING_FILE).exists():
             sleep(POLL_S)
     if not path.exists():
