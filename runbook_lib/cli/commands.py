@@ -62,7 +62,7 @@ def _cmd_record(args) -> int:
           + (f", snapshots at {snaps[0].isoformat(timespec='seconds')} and {snaps[1].isoformat(timespec='seconds')}"
              if snaps else "") + f" into {args.out}", flush=True)
     print(record(args.parameters, start, end, args.out, snaps, Path(args.run) if args.run else None,
-                 key_sample=args.key_sample, max_wait_s=args.max_wait_min * 60))
+                 key_sample=args.key_sample, max_wait_s=args.max_wait_min * 60, shape=args.shape))
     return 0
 
 
@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Redis keys in the redis_keys snapshot (default: %(default)s)")
     rec.add_argument("--max-wait-min", type=_positive_int, default=120, metavar="MIN",
                      help="refuse a --to (or snapshot time) further ahead than this (default: %(default)s)")
+    rec.add_argument("--shape", choices=["d2"],
+                     help="refuse a recording that is not this incident's shape (d2: a healthy baseline, p95 up "
+                          "10x or more, cache hits under 10%%, 3-20%% 5xx, heavy DB load, CPU and memory normal, "
+                          "the fixes applied, alerts firing and resolving, 5 min of recovery); it is kept as "
+                          ".<out>.rejected")
     rec.set_defaults(func=_cmd_record)
 
     e = sub.add_parser("export", help="write the postmortem of a run folder: postmortem.md (charts as PNGs in "

@@ -45,6 +45,7 @@ from runbook_lib.sources.events import read_events_file
 from runbook_lib.sources.fixture_bundle import FixtureBundle, Manifest
 from runbook_lib.sources.prometheus import PrometheusSource
 from runbook_lib.sources.timeseries import Event
+from runbook_lib.suite import bundle_shape
 
 MAX_WAIT_S = 2 * 3600        # by default, record at most two hours ahead (a forgotten --to is not a day-long wait)
 REDIS_KEY_SAMPLE = 200       # keys in the redis_keys snapshot (a throttled SCAN sample)
@@ -176,6 +177,26 @@ class Snapshotter:
                 self._keep("app_config", knobs, "json", f"the app's knobs ({self.settings.app.config_file})")
 
 
+def _alert_events(settings: Settings, start: datetime, end: datetime) -> list[dict]:
+    """The alerts Prometheus evaluated in the window (its ALERTS series) as "<alert> firing" / "<alert> resolved"
+    events; none when it evaluates no rules."""
+    found = PrometheusSource(settings.source).alert_events(pd.Timestamp(start), pd.Timestamp(end),
+                                                           settings.window.step_seconds)
+    return [{"time": e.time.isoformat(), "label": e.label, "kind": e.kind} for e in found]
+
+
+def _refuse_off_shape(tmp: Path, out: Path, settings: Settings) -> None:
+    found = bundle_shape.problems(FixtureBundle(tmp), settings.slo)
+    if not found:
+        return
+    rejected = out.with_name(f".{out.name}.rejected")
+    shutil.rmtree(rejected, ignore_errors=True)
+    tmp.rename(rejected)
+    raise RecordError("the recording is not the D2 incident's shape, so it was not written: " + "; ".join(found),
+                      hint=f"kept for a look in {display_path(rejected)}; record again on a quieter machine or "
+                           "with a longer incident/recovery (scripts/record_fixture.sh)")
+
+
 def _signals(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
     if settings.source.kind != "prometheus":
         raise RecordError(f"record reads a Prometheus source, not {settings.source.kind!r}",
@@ -190,12 +211,16 @@ def _signals(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame
 
 def record(parameters: str | Path, start: datetime, end: datetime, out: str | Path,
            snapshots_at: tuple[datetime, datetime] | None = None, run: Path | None = None,
-           key_sample: int = REDIS_KEY_SAMPLE, max_wait_s: float = MAX_WAIT_S) -> Path:
+           key_sample: int = REDIS_KEY_SAMPLE, max_wait_s: float = MAX_WAIT_S, shape: str | None = None) -> Path:
     """Record a bundle into ``out`` (refused if it exists and is not empty). Returns the bundle folder.
 
     ``snapshots_at=(t0, t1)``: take the ``.start`` snapshots at t0 and the ``.end`` ones at t1 instead of
-    at ``start`` and ``end`` (``start <= t0 < t1 <= end``). ``run``: see the module's docstring.
+    at ``start`` and ``end`` (``start <= t0 < t1 <= end``). ``run``: see the module's docstring. ``shape``
+    ("d2"): refuse a recording that is not that incident's shape (``bundle_shape``); it is kept beside ``out``
+    as ``.<name>.rejected`` for a look, never as the bundle.
     """
+    if shape is not None and shape not in bundle_shape.SHAPES:
+        raise RecordError(f"unknown shape {shape!r}", hint=f"one of: {', '.join(bundle_shape.SHAPES)}")
     settings = load_settings(parameters)
     if end <= start:
         raise RecordError("--to must be after --from")
@@ -218,6 +243,7 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
         _signals(settings, start, end).to_csv(tmp / "signals.csv")
         events_file = getattr(settings.source, "events_file", None)
         events = _events(resolve_path(events_file) if events_file else None, start, end, Path(run) if run else None)
+        events = sorted(events + _alert_events(settings, start, end), key=lambda e: e["time"])
         manifest = Manifest(
             id=out.name, title=settings.incident.title,
             description=f"Recorded from {settings.source.url} ({settings.mode} mode), "
@@ -231,6 +257,8 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_defaults=False),
                                                         sort_keys=False))
         FixtureBundle(tmp).check()
+        if shape is not None:
+            _refuse_off_shape(tmp, out, settings)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
