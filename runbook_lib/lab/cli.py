@@ -1,4 +1,4 @@
-"""``runbook lab up | load | status | down | config | profile``: the lab's CLI.
+"""``runbook lab up | load | status | down | config | profile | record-fixture``: the lab's CLI.
 
 Registered by ``runbook_lib.cli`` through ``register(subparsers)``. Handlers raise RunbookError
 subclasses for expected failures; the main CLI prints them with their hint.
@@ -161,6 +161,14 @@ def _cmd_profile(args) -> int:
     return 0
 
 
+def _cmd_record_fixture(args) -> int:
+    from runbook_lib.lab.fixture_recording import record_fixture
+
+    record_fixture(Path(args.out), scale=args.scale, baseline_s=args.baseline, incident_s=args.incident,
+                   recovery_s=args.recovery, say=lambda line: print(line, flush=True))
+    return 0
+
+
 def register(subparsers) -> None:
     lab = subparsers.add_parser("lab", help="the incident lab: real PostgreSQL, Redis, Prometheus and backend")
     sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
@@ -214,3 +222,18 @@ def register(subparsers) -> None:
     p = sub.add_parser("profile", parents=[common], help="switch a running lab to the degraded or healthy preset")
     p.add_argument("profile", choices=sorted(PROFILES))
     p.set_defaults(func=_cmd_profile)
+
+    from runbook_lib.lab import fixture_recording as fr
+
+    p = sub.add_parser("record-fixture", help="re-record the bundled incident from a private lab (~30 min)",
+                       description="A private lab on free ports, the incident scenario, `runbook run` applying its "
+                                   "fixes, the recovery, all recorded by `runbook record --shape d2`; the bundle is "
+                                   "replaced only when the recording has the D2 incident's shape (else it is kept "
+                                   "as .<out>.rejected). Run it on a quiet machine.")
+    p.add_argument("--out", default="fixtures/d2-latency", help="bundle folder to (re)write (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0, help="lab data size (default: %(default)s)")
+    p.add_argument("--baseline", type=float, default=fr.BASELINE_S, help="seconds (default: %(default)g)")
+    p.add_argument("--incident", type=float, default=fr.INCIDENT_S, help="seconds (default: %(default)g)")
+    p.add_argument("--recovery", type=float, default=fr.RECOVERY_S,
+                   help="seconds after the incident phase, the runbook's run included (default: %(default)g)")
+    p.set_defaults(func=_cmd_record_fixture)
