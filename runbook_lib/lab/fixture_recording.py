@@ -104,6 +104,7 @@ def record_fixture(out: Path, scale: float = 1.0, baseline_s: float = BASELINE_S
 
     out = Path(out).resolve()
     work = Path(tempfile.mkdtemp(prefix="runbook-record-fixture-"))
+    work.chmod(0o755)  # the lab's PostgreSQL runs as the postgres user, which must enter its data folder
     state, run_dir, recorded = work / "lab", work / "run", work / out.name
     previous_lab_dir = os.environ.get("RUNBOOK_LAB_DIR")
     os.environ["RUNBOOK_LAB_DIR"] = str(state)  # lab.yaml's events and knobs files are under it
