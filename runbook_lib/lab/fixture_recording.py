@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runbook_lib.errors import RecordError, RunbookError
 from runbook_lib.lab.lab_errors import LabError
 from runbook_lib.lab.load import INCIDENT_RATE
 from runbook_lib.settings import display_path, project_root
@@ -106,6 +107,7 @@ def record_fixture(out: Path, scale: float = 1.0, baseline_s: float = BASELINE_S
     work = Path(tempfile.mkdtemp(prefix="runbook-record-fixture-"))
     work.chmod(0o755)  # the lab's PostgreSQL runs as the postgres user, which must enter its data folder
     state, run_dir, recorded = work / "lab", work / "run", work / out.name
+    rejected = recorded.with_name(f".{recorded.name}.rejected")
     previous_lab_dir = os.environ.get("RUNBOOK_LAB_DIR")
     os.environ["RUNBOOK_LAB_DIR"] = str(state)  # lab.yaml's events and knobs files are under it
     env = {**os.environ}
@@ -143,7 +145,12 @@ def record_fixture(out: Path, scale: float = 1.0, baseline_s: float = BASELINE_S
         say(f"the fixes are applied; recording the recovery until {end:%H:%M:%S} UTC ...")
         thread.join(timeout=(end - datetime.now(UTC)).total_seconds() + 600)
         if "error" in result:
-            raise result["error"]
+            err = result["error"]
+            if isinstance(err, RunbookError) and rejected.exists():  # the shape check's refusal
+                raise RecordError(str(err), hint=f"kept for a look in {display_path(out.with_name(rejected.name))}; "
+                                                 "record again on a quiet machine or recalibrate the lab's degraded "
+                                                 "profile (runbook_lib/lab/config.py PROFILES)") from None
+            raise err
         if "bundle" not in result:
             raise LabError("the recorder did not finish", hint=f"see {work}")
         _stamp(recorded, start, end, scale, baseline_s, incident_s, recovery_s)
@@ -156,7 +163,6 @@ def record_fixture(out: Path, scale: float = 1.0, baseline_s: float = BASELINE_S
             os.environ.pop("RUNBOOK_LAB_DIR", None)
         else:
             os.environ["RUNBOOK_LAB_DIR"] = previous_lab_dir
-        rejected = recorded.with_name(f".{recorded.name}.rejected")
         if rejected.exists():  # the shape check's refusal: kept beside the bundle for a look
             keep = out.with_name(rejected.name)
             shutil.rmtree(keep, ignore_errors=True)

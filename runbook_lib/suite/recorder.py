@@ -193,8 +193,8 @@ def _refuse_off_shape(tmp: Path, out: Path, settings: Settings) -> None:
     shutil.rmtree(rejected, ignore_errors=True)
     tmp.rename(rejected)
     raise RecordError("the recording is not the D2 incident's shape, so it was not written: " + "; ".join(found),
-                      hint=f"kept for a look in {display_path(rejected)}; record again on a quieter machine or "
-                           "with a longer incident/recovery (scripts/record_fixture.sh)")
+                      hint=f"kept for a look in {display_path(rejected)}; record again on a quieter machine, "
+                           "with a longer incident or recovery, or with the lab recalibrated")
 
 
 def _signals(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
