@@ -75,18 +75,15 @@ def _commit() -> str:
 
 def describe(bundle: FixtureBundle) -> str:
     """Baseline / incident / recovery medians of the recording, in one paragraph (its own figures)."""
-    df = bundle.signals
-    phases = {k: (v[0], v[1]) for k, v in bundle.manifest.phases.items()}
+    from runbook_lib.suite.bundle_shape import phase_median
+
+    df, phases = bundle.signals, bundle.manifest.phases
     parts = []
     for name, label, fmt in DESCRIBED:
         if name not in df.columns:
             continue
-        values = []
-        for phase in ("baseline", "incident", "recovery"):
-            a, b = phases[phase]
-            seg = df[name].loc[(df.index >= a) & (df.index < b)].dropna()
-            values.append(fmt.format(float(seg.median())) if len(seg) else "n/a")
-        parts.append(f"{label} {' / '.join(values)}")
+        values = [phase_median(df, name, phases[p]) for p in ("baseline", "incident", "recovery")]
+        parts.append(f"{label} {' / '.join('n/a' if v is None else fmt.format(v) for v in values)}")
     fixes = [e.label.removeprefix("runbook: ") for e in bundle.manifest.events if e.kind == "remediation"]
     alerts = sorted({e.label.rsplit(" ", 1)[0] for e in bundle.manifest.events if e.kind == "alert"})
     return ("Recorded from the incident lab by `runbook lab record-fixture`: a healthy baseline, the degraded "

@@ -43,7 +43,8 @@ D2 = "d2"
 SHAPES = (D2,)
 
 
-def _median(df: pd.DataFrame, name: str, span: tuple[pd.Timestamp, pd.Timestamp]) -> float | None:
+def phase_median(df: pd.DataFrame, name: str, span: tuple) -> float | None:
+    """The median of signal ``name`` over [start, end) of ``span``; None without data."""
     if name not in df.columns:
         return None
     seg = df[name].loc[(df.index >= span[0]) & (df.index < span[1])].dropna()
@@ -71,28 +72,28 @@ def problems(bundle: FixtureBundle, slo: Slo) -> list[str]:
     if base[1] - base[0] < BASELINE_MIN:
         out.append(f"the healthy baseline lasts {(base[1] - base[0]).total_seconds():.0f} s, "
                    f"less than {BASELINE_MIN.total_seconds():.0f} s")
-    p95 = {k: _median(df, "latency_p95_ms", span) for k, span in (("b", base), ("i", inc), ("r", rec))}
-    err = {k: _median(df, "error_ratio", span) for k, span in (("b", base), ("i", inc), ("r", rec))}
+    p95 = {k: phase_median(df, "latency_p95_ms", span) for k, span in (("b", base), ("i", inc), ("r", rec))}
+    err = {k: phase_median(df, "error_ratio", span) for k, span in (("b", base), ("i", inc), ("r", rec))}
     if p95["b"] is None or p95["b"] > slo.latency_p95_ms or (err["b"] or 0.0) > slo.error_ratio:
         out.append(f"the baseline is not healthy: p95 {_fmt(p95['b'])} ms (SLO {slo.latency_p95_ms:g}), "
                    f"5xx {_fmt(err['b'], True)} (SLO {slo.error_ratio:.0%})")
     if p95["b"] and p95["i"] is not None and p95["i"] < P95_RISE_MIN * p95["b"]:
         out.append(f"p95 rose {p95['i'] / p95['b']:.1f}x ({_fmt(p95['b'])} -> {_fmt(p95['i'])} ms), "
                    f"less than {P95_RISE_MIN:g}x")
-    hits = _median(df, "cache_hit_ratio", inc)
+    hits = phase_median(df, "cache_hit_ratio", inc)
     if hits is None or hits >= INCIDENT_HIT_RATIO_MAX:
         out.append(f"the cache hit ratio in the incident is {_fmt(hits, True)}, not under "
                    f"{INCIDENT_HIT_RATIO_MAX:.0%}")
     lo, hi = INCIDENT_ERROR_RATIO
     if err["i"] is None or not lo <= err["i"] <= hi:
         out.append(f"5xx in the incident {_fmt(err['i'], True)}, outside {lo:.0%}-{hi:.0%} (pool exhaustion)")
-    db_b, db_i = _median(df, "db_query_rate", base), _median(df, "db_query_rate", inc)
+    db_b, db_i = phase_median(df, "db_query_rate", base), phase_median(df, "db_query_rate", inc)
     if not db_b or db_i is None or db_i < DB_LOAD_RISE_MIN * db_b:
         out.append(f"DB queries/s {_fmt(db_b)} -> {_fmt(db_i)}: not {DB_LOAD_RISE_MIN:g}x heavier in the incident")
-    cpu = _median(df, "cpu_utilization", inc)
+    cpu = phase_median(df, "cpu_utilization", inc)
     if cpu is not None and cpu >= CPU_SATURATED:
         out.append(f"CPU {cpu:.0%} in the incident: saturated (the D2 incident's CPU is normal)")
-    mem_b, mem_i = _median(df, "memory_utilization", base), _median(df, "memory_utilization", inc)
+    mem_b, mem_i = phase_median(df, "memory_utilization", base), phase_median(df, "memory_utilization", inc)
     if mem_b and mem_i is not None and mem_i > MEMORY_RISE_MAX * mem_b:
         out.append(f"memory rose {mem_i / mem_b:.1f}x in the incident (the D2 incident's memory is normal)")
 
@@ -105,7 +106,7 @@ def problems(bundle: FixtureBundle, slo: Slo) -> list[str]:
             out.append(f"{recovered.total_seconds():.0f} s of recovery after the last change, less than "
                        f"{RECOVERY_MIN.total_seconds():.0f} s")
         settled = (changes[-1] + SETTLE_AFTER_CHANGE, df.index.max() + pd.Timedelta(seconds=1))
-        p95_after, err_after = _median(df, "latency_p95_ms", settled), _median(df, "error_ratio", settled)
+        p95_after, err_after = phase_median(df, "latency_p95_ms", settled), phase_median(df, "error_ratio", settled)
         if p95_after is None or p95_after > slo.latency_p95_ms or (err_after or 0.0) > slo.error_ratio:
             out.append(f"not recovered after the fixes: p95 {_fmt(p95_after)} ms, 5xx {_fmt(err_after, True)} "
                        f"(SLO {slo.latency_p95_ms:g} ms, {slo.error_ratio:.0%})")

@@ -81,7 +81,12 @@ def _events(events_file: Path | None, start: datetime, end: datetime, run: Path 
     if run is not None:
         events = [e for e in events if e.kind != "remediation"] + _run_events(run)
     inside = sorted((e for e in events if start <= e.time <= end), key=lambda e: e.time)
-    return [{"time": e.time.isoformat(), "label": e.label, "kind": e.kind} for e in inside]
+    return [_event_entry(e) for e in inside]
+
+
+def _event_entry(e: Event) -> dict:
+    """An event as the manifest lists it."""
+    return {"time": e.time.isoformat(), "label": e.label, "kind": e.kind}
 
 
 def _run_events(run: Path) -> list[Event]:
@@ -182,7 +187,7 @@ def _alert_events(settings: Settings, start: datetime, end: datetime) -> list[di
     events; none when it evaluates no rules."""
     found = PrometheusSource(settings.source).alert_events(pd.Timestamp(start), pd.Timestamp(end),
                                                            settings.window.step_seconds)
-    return [{"time": e.time.isoformat(), "label": e.label, "kind": e.kind} for e in found]
+    return [_event_entry(e) for e in found]
 
 
 def _refuse_off_shape(tmp: Path, out: Path, settings: Settings) -> None:
