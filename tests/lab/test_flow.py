@@ -173,7 +173,7 @@ def test_lab_up_load_run_names_the_cache_and_the_database(tmp_path):
             return fired, resolved
 
         wait_until(lambda: alert_states()[0], 10, "an alert that fired during the incident")
-        wait_until(lambda: alert_states()[0] & alert_states()[1], ALERT_RESOLVE_S,
+        wait_until(lambda: set.intersection(*alert_states()), ALERT_RESOLVE_S,
                    "an incident alert to resolve after the fix")
         fired, resolved = alert_states()
         print(f"alerts: fired during the incident {sorted(fired)}; resolved after the fix {sorted(resolved)}")

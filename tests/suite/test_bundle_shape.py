@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from runbook_lib.errors import RecordError
 from runbook_lib.settings import Slo
 from runbook_lib.sources.fixture_bundle import FixtureBundle
 from runbook_lib.suite import bundle_shape, recorder
+from tests.support.bundle_support import edited_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 SLO = Slo(latency_p95_ms=100, error_ratio=0.01, cache_hit_ratio=0.80)
@@ -22,20 +22,14 @@ SLO = Slo(latency_p95_ms=100, error_ratio=0.01, cache_hit_ratio=0.80)
 
 def _bundle(tmp_path: Path, edit_signals=None, edit_manifest=None) -> FixtureBundle:
     """fixtures/d2-synthetic (the write-up's levels) with its alerts as the recorder writes them, then edited."""
-    out = tmp_path / "b"
-    shutil.copytree(ROOT / "fixtures" / "d2-synthetic", out)
-    m = yaml.safe_load((out / "bundle.yaml").read_text())
-    m["events"] = [e for e in m["events"] if e["kind"] != "alert"] + [
-        {"time": "2026-11-03T10:06:00Z", "label": "HighLatency firing", "kind": "alert"},
-        {"time": "2026-11-03T11:40:00Z", "label": "HighLatency resolved", "kind": "alert"}]
-    if edit_manifest:
-        edit_manifest(m)
-    (out / "bundle.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
-    if edit_signals:
-        df = pd.read_csv(out / "signals.csv", index_col="time", parse_dates=["time"])
-        df = edit_signals(df)
-        df.to_csv(out / "signals.csv", date_format="%Y-%m-%dT%H:%M:%SZ")
-    return FixtureBundle(out)
+    def manifest(m: dict) -> None:
+        m["events"] = [e for e in m["events"] if e["kind"] != "alert"] + [
+            {"time": "2026-11-03T10:06:00Z", "label": "HighLatency firing", "kind": "alert"},
+            {"time": "2026-11-03T11:40:00Z", "label": "HighLatency resolved", "kind": "alert"}]
+        if edit_manifest:
+            edit_manifest(m)
+
+    return FixtureBundle(edited_copy(ROOT / "fixtures" / "d2-synthetic", tmp_path / "b", manifest, edit_signals))
 
 
 def _between(df: pd.DataFrame, a: str, b: str):

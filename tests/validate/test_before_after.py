@@ -1,6 +1,5 @@
 """The before/after judge: constructed fixes that worked, that did not, autocorrelated noise, and the bundled incident."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from runbook_lib.signal_catalog import CATALOG
 from runbook_lib.sources.fixture_bundle import FixtureSource
 from runbook_lib.steps import symptom_correlation, validation
 from runbook_lib.validate import before_after as ba
+from tests.support.bundle_support import edited_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_S = 5
@@ -245,17 +245,18 @@ def test_which_incident_is_the_d2_one(incident_id, d2):
 def unhelped_bundle(tmp_path_factory) -> Path:
     """The bundled incident re-cut so the changes did not help: from the first change on, every signal replays
     the incident's own samples (cycled), with the bundle's events, phases and snapshots untouched."""
-    out = tmp_path_factory.mktemp("unhelped") / "d2-unhelped"
-    shutil.copytree(ROOT / "fixtures" / "d2-latency", out)
-    manifest = yaml.safe_load((out / "bundle.yaml").read_text())
+    src = ROOT / "fixtures" / "d2-latency"
+    manifest = yaml.safe_load((src / "bundle.yaml").read_text())
     first_change = min(pd.Timestamp(e["time"]) for e in manifest["events"] if e["kind"] == "remediation")
     start, end = (pd.Timestamp(t) for t in manifest["phases"]["incident"])
-    signals = pd.read_csv(out / "signals.csv", parse_dates=["time"], index_col="time")
-    incident = signals[(signals.index >= start) & (signals.index < end)]
-    after = signals.index >= first_change
-    signals.loc[after] = np.resize(incident.to_numpy(), (int(after.sum()), signals.shape[1]))
-    signals.to_csv(out / "signals.csv", date_format="%Y-%m-%dT%H:%M:%SZ", index_label="time")
-    return out
+
+    def replay_the_incident(signals: pd.DataFrame) -> pd.DataFrame:
+        incident = signals[(signals.index >= start) & (signals.index < end)]
+        after = signals.index >= first_change
+        signals.loc[after] = np.resize(incident.to_numpy(), (int(after.sum()), signals.shape[1]))
+        return signals
+
+    return edited_copy(src, tmp_path_factory.mktemp("unhelped") / "d2-unhelped", signals=replay_the_incident)
 
 
 def test_a_bundle_whose_fix_did_not_help_fails_with_the_reason(unhelped_bundle):
