@@ -68,7 +68,7 @@ def _span(span) -> list[str] | None:
 
 
 def _payload(windows: judge.Windows, table: pd.DataFrame, verdict: dict, claims: pd.DataFrame | None) -> dict:
-    finite = table.replace([np.inf, -np.inf], np.nan)  # an unbounded CI side is null in JSON
+    finite = table.replace([np.inf, -np.inf], np.nan)  # nothing infinite reaches JSON
     return {"windows": {"baseline": _span(windows.baseline), "before": _span(windows.before),
                         "after": _span(windows.after), "after_from": windows.how, "samples": windows.samples},
             "verdict": verdict, "signals": records(finite),
@@ -83,12 +83,11 @@ def _payload(windows: judge.Windows, table: pd.DataFrame, verdict: dict, claims:
 # --- what the notebook shows ---------------------------------------------------------------------------------
 
 
-def _range(lo: float, hi: float, unit: str) -> str:
+def _range(lo: float, hi: float, unit: str, exact: bool = True) -> str:
     if pd.isna(lo):
         return "-"
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "unbounded"
-    return f"{fmt(lo, unit)} to {fmt(hi, unit)}"
+    # too few effective samples for the CI: the range of every pairwise difference stands in (judge.hodges_lehmann)
+    return f"{fmt(lo, unit)} to {fmt(hi, unit)}" + ("" if exact else " (every pair)")
 
 
 def _slo_cell(r: pd.Series) -> str:
@@ -104,7 +103,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         u = r["unit"]
         rows.append({"signal": r["label"] + (" (critical)" if r["critical"] else ""), "expect": r["expect"],
                      "before": fmt(r["before"], u), "after": fmt(r["after"], u), "shift (HL)": fmt(r["shift"], u),
-                     f"{judge.CONFIDENCE:.0%} CI of the shift": _range(r["shift_lo"], r["shift_hi"], u),
+                     f"{judge.CONFIDENCE:.0%} CI of the shift": _range(r["shift_lo"], r["shift_hi"], u, r["shift_ci_exact"]),
                      "no change within": "-" if pd.isna(r["band"]) else "+/- " + fmt(r["band"], u),
                      "n (effective)": f"{r['n_after']} ({r['n_eff']:.0f})" if pd.notna(r["n_eff"]) else str(r["n_after"]),
                      "p (Mann-Whitney)": "-" if pd.isna(r["p_value"]) else f"{r['p_value']:.2g}",
@@ -184,7 +183,7 @@ def validation_conclusion(verdict: dict, table: pd.DataFrame) -> str:
     if PRIMARY_SIGNAL in table.index and table.loc[PRIMARY_SIGNAL, "change"] != judge.NO_DATA:
         p = table.loc[PRIMARY_SIGNAL]
         lines.append(f"{p['label']} {fmt(p['before'], p['unit'])} -> {fmt(p['after'], p['unit'])} "
-                     f"({p['after/before']:.3f}x; shift CI {_range(p['shift_lo'], p['shift_hi'], p['unit'])}), "
+                     f"({p['after/before']:.3f}x; shift CI {_range(p['shift_lo'], p['shift_hi'], p['unit'], p['shift_ci_exact'])}), "
                      f"baseline {fmt(p['baseline'], p['unit'])}.")
     if verdict["failing"]:
         lines.append("Still off: " + ", ".join(CATALOG[s].label for s in verdict["failing"]) + ".")

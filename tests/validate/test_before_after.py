@@ -128,6 +128,23 @@ def test_autocorrelated_noise_is_not_a_change_unlike_the_iid_interval(monkeypatc
     assert naive >= 15, naive  # ~40 % on 200 seeds in the module docstring's comparison
 
 
+def test_windows_that_do_not_overlap_are_a_change_even_with_few_effective_samples():
+    """A trend inside each window (a draining queue, a cache filling) makes tau large and the CI's ranks fall
+    outside the data. Then the range of every pairwise difference stands in: a 30x drop whose windows do not
+    overlap is "better" (it was "not improved" with an unbounded CI); trending windows that overlap stay
+    inconclusive."""
+    idx = pd.date_range("2026-01-01", periods=12, freq="5s", tz="UTC")
+    before = pd.Series(np.linspace(120.0, 220.0, 12), index=idx)   # DB queries/s climbing in the incident
+    after = pd.Series(np.linspace(9.0, 4.0, 12), index=idx)        # and settling after the fix
+    row = ba.judge_signal("db_query_rate", before, after)
+    assert ba.hodges_lehmann(before.to_numpy(), after.to_numpy(), row["tau"])[3] is False  # too few for a CI
+    assert row["change"] == ba.BETTER and not row["shift_ci_exact"]
+    assert row["shift_lo"] == pytest.approx(4.0 - 220.0) and row["shift_hi"] == pytest.approx(9.0 - 120.0)
+    overlapping = ba.judge_signal("db_query_rate", before, pd.Series(np.linspace(230.0, 110.0, 12), index=idx))
+    assert overlapping["change"] == ba.INCONCLUSIVE and not overlapping["shift_ci_exact"]
+    assert "every pair" in ba.why(pd.Series({**overlapping, "expect": "improve"}))
+
+
 def test_autocorrelation_time_of_white_and_ar1_noise():
     rng = np.random.default_rng(7)
     assert ba.autocorrelation_time(rng.normal(size=2000)) < 1.5
