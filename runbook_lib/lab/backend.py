@@ -83,6 +83,12 @@ PR_SET_PDEATHSIG = 1       # linux/prctl.h: signal this process when its parent 
 # How long past its freshness (cache_ttl_s) a response may still be served stale while the breaker is open.
 STALE_GRACE_S = 600
 STALE_PREFIX = "stale:"
+# Each replica's resources, as a pod's limits would declare them (what kube-state-metrics exports as
+# kube_pod_container_resource_limits): lab.yaml's cpu_utilization and memory_utilization are the replicas' own
+# usage against these, the app's CPU and memory the write-up calls "normal", not the machine the database shares.
+# One core and 512 MiB: a replica uses ~0.1 core and ~100 MB in the incident (benchmarks/lab_shape.py).
+REPLICA_CPU_LIMIT_CORES = 1.0
+REPLICA_MEMORY_LIMIT_BYTES = 512 * 2**20
 
 REQUESTS = Histogram("http_request_duration_seconds", "HTTP request duration", ["method", "route", "status"],
                      buckets=LATENCY_BUCKETS)
@@ -109,6 +115,10 @@ STALE_SERVES = Counter("lab_stale_serves", "misses answered with the stale copy 
 BREAKER_FAIL_FAST = Counter("lab_breaker_fail_fast", "misses answered 503 at once while the breaker was open "
                             "(no stale copy)", ["route"])
 BREAKER_STATES = ("off", *STATES)
+CPU_LIMIT = Gauge("lab_replica_cpu_limit_cores", "this replica's CPU limit (cores), like a pod's limits.cpu")
+MEMORY_LIMIT = Gauge("lab_replica_memory_limit_bytes", "this replica's memory limit, like a pod's limits.memory")
+CPU_LIMIT.set(REPLICA_CPU_LIMIT_CORES)
+MEMORY_LIMIT.set(REPLICA_MEMORY_LIMIT_BYTES)
 CACHED_ROUTES = ("users", "user_orders", "products", "dashboard")
 for _route in CACHED_ROUTES:  # export 0 from the start: a ratio over a missing series would be missing
     CACHE_HITS.labels(_route)
