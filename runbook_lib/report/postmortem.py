@@ -460,6 +460,25 @@ def _actions(plan: dict | None, remediation: dict | None, audit: list[dict], mod
             "applied": list((remediation or {}).get("applied", []))}
 
 
+def _recorded_actions(params: dict) -> dict | None:
+    """Fixture mode: what the bundle's own recording run applied when the incident was live, approved by whom
+    and with what measured effect (its plan, outcomes and audit kept in the bundle); None when it keeps none."""
+    bundle = (params.get("source") or {}).get("bundle")
+    if not bundle:
+        return None
+    try:
+        from runbook_lib.settings import resolve_path
+        from runbook_lib.sources.fixture_bundle import FixtureBundle
+
+        rec = FixtureBundle(resolve_path(bundle)).recorded_run()
+    except (RunbookError, OSError, ValueError):
+        return None
+    if rec is None:
+        return None
+    rows = _actions(rec["plan"], rec["remediation"], rec["audit"], str((rec["remediation"] or {}).get("mode", "lab")))
+    return {**rows, "rows": [r for r in rows["rows"] if not r["outcome"].startswith(("planned", "not executed"))]}
+
+
 def _root_cause(findings: dict | None) -> dict:
     if not findings:
         return {"available": False, "supported": [], "ruled_out": []}
@@ -644,6 +663,7 @@ def build_context(run_dir: Path) -> dict:
     root = _root_cause(findings)
     audit = read_audit(run_dir).records
     actions = _actions(plan, remediation, audit, mode)
+    recorded = _recorded_actions(params) if mode == "fixture" else None
     valid = _validation(validation)
 
     # summary, in words
@@ -669,6 +689,9 @@ def build_context(run_dir: Path) -> dict:
         else:
             summary.append(f"{n} action(s) planned, {DRY_RUN}." if not apply else
                            f"{n} action(s) planned; none changed a system.")
+    if recorded and recorded["applied"]:
+        summary.append(f"When the incident was live, the runbook's own run applied {len(recorded['applied'])} "
+                       "change(s) (see \"Applied when the incident was live\"); this run replays the recording.")
     if valid.get("available"):
         reason = valid.get("reason") or ""
         summary.append(f"Validation: {valid['verdict']}" + (f" (score {valid['score']})" if valid["score"] else "")
@@ -712,7 +735,7 @@ def build_context(run_dir: Path) -> dict:
     ctx.update({
         "summary": summary, "impact": impact, "changed_signals": changed,
         "timeline": [{"time": when(t), "kind": k, "what": what} for t, k, what in timeline],
-        "root_cause": root, "actions": actions, "validation": valid,
+        "root_cause": root, "actions": actions, "recorded_actions": recorded, "validation": valid,
         "follow_ups": _follow_ups(plan, actions, valid), "alert_rules": _alert_rules(run_dir),
         "mode": mode, "fixture": mode == "fixture", "planned": plan is not None,
     })

@@ -16,6 +16,9 @@ from runbook_lib.settings import display_path, resolve_path
 from runbook_lib.sources.timeseries import Event, SignalSource, to_utc
 
 BUNDLE_FORMAT = 1
+# The snapshots that keep the recording's own runbook run (what it planned, applied and measured live).
+RECORDED_RUN_PLAN, RECORDED_RUN_REMEDIATION, RECORDED_RUN_AUDIT = (
+    "recorded_run_plan", "recorded_run_remediation", "recorded_run_audit")
 
 
 class _M(BaseModel):
@@ -135,6 +138,18 @@ class FixtureBundle:
 
     def has_snapshot(self, name: str) -> bool:
         return name in self.manifest.snapshots
+
+    def recorded_run(self) -> dict[str, Any] | None:
+        """The recording's own ``runbook run`` (suite.recorder.keep_recorded_run): ``plan``, ``remediation``
+        (either may be None) and ``audit`` (a list of audit lines); None when the bundle does not keep it."""
+        if not self.has_snapshot(RECORDED_RUN_AUDIT):
+            return None
+        audit = self.snapshot(RECORDED_RUN_AUDIT)
+        if not isinstance(audit, list):
+            raise FixtureError(f"{self.name}: snapshot {RECORDED_RUN_AUDIT!r} is not a list of audit lines")
+        return {"audit": audit, **{key: self.snapshot(name) if self.has_snapshot(name) else None
+                                   for key, name in (("plan", RECORDED_RUN_PLAN),
+                                                     ("remediation", RECORDED_RUN_REMEDIATION))}}
 
     def check(self) -> None:
         """Fail now, naming the file, if any file the manifest lists is missing or does not parse."""

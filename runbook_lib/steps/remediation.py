@@ -127,10 +127,27 @@ def _window(m: dict | None) -> str:
 def effects_frame(step, outcomes: list[dict]) -> pd.DataFrame:
     """One row per change this run applied and judged: what was measured, the before and after windows (value,
     95 % interval, events, UTC times), the verdict, and what else shares the verdict or the window. Read from
-    the audit (the last judgement of each action: a run folder may hold earlier runs too)."""
-    changed = {o["id"] for o in outcomes if o["changed"]}
+    the audit (the last judgement of each action: a run folder may hold earlier runs too). In fixture mode,
+    the bundle's own recording run's judgements (what was measured when the incident was live), if it keeps
+    them: this run can change nothing."""
+    recorded = _recorded_run(step)
+    if recorded is not None:
+        changed = set((recorded["remediation"] or {}).get("applied") or [])
+        return effects_from_audit(recorded["audit"], changed)
+    return effects_from_audit(fw.read_audit(step.run_dir).records, {o["id"] for o in outcomes if o["changed"]})
+
+
+def _recorded_run(step) -> dict | None:
+    if step.settings.source.kind != "fixture":
+        return None
+    from runbook_lib.sources.fixture_bundle import FixtureBundle
+
+    return FixtureBundle(step.settings.source.bundle).recorded_run()
+
+
+def effects_from_audit(records: list[dict], changed: set[str]) -> pd.DataFrame:
+    """The effects table from audit lines: the judgements after each changed action's last ``applied``."""
     last: dict[str, int] = {}
-    records = fw.read_audit(step.run_dir).records
     for n, r in enumerate(records):
         if r["step"] == "applied" and r.get("action_id") in changed:
             last[r["action_id"]] = n
@@ -155,20 +172,33 @@ def effects_frame(step, outcomes: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", *cols]).set_index("id")
 
 
+def _verdict_counts(frame: pd.DataFrame) -> str:
+    return ", ".join(f"{n} {v}" for v, n in frame["verdict"].value_counts().items())
+
+
 def effects_note(step, frame: pd.DataFrame) -> str:
     if step.settings.source.kind == "fixture":
+        if _recorded_run(step) is not None and not frame.empty:
+            return (f"**Concluded.** Measured live, when the incident was recorded: {_verdict_counts(frame)}. "
+                    "These are the judgements of the bundle's own `runbook run` (apply: true) on the live lab; "
+                    "this run replays the recording, which no change can reach, so it measures nothing itself.")
         return ("**Concluded.** Nothing measured: recorded data cannot react to a change. In lab or live mode "
                 "each applied change is judged here over a window before and one after the changes.")
     if frame.empty:
         return "**Concluded.** No change was applied, so there is no effect to measure."
-    counts = frame["verdict"].value_counts()
-    return ("**Concluded.** " + ", ".join(f"{n} {v}" for v, n in counts.items()) +
+    return ("**Concluded.** " + _verdict_counts(frame) +
             ". Every *after* window starts after the last change (times in UTC); an interval is the 95 % "
             "range of the value over the window's sub-windows.")
 
 
 def outcomes_frame(outcomes: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(outcomes).set_index("id")
+    """What happened to each action, in words: a dry run has nothing verified or measured ("-"), not None."""
+    frame = pd.DataFrame(outcomes).set_index("id")
+    for col in ("changed", "verified"):
+        if col in frame:
+            frame[col] = frame[col].map(lambda v: "-" if v is None or v != v else "yes" if v is True else
+                                        "no" if v is False else v)
+    return frame.astype(object).where(frame.notna(), "-")
 
 
 def payload(outcomes: list[dict], settings: Settings) -> dict:

@@ -20,12 +20,17 @@ root-cause step reads them as incident evidence. Signals are fetched once ``--to
 ``--run RUN_DIR``: the runbook run that fixed the incident during the recording; the changes its audit
 log says were applied become the bundle's remediation events (instead of the event log's own remediation
 lines, which would mark the same changes twice). Phases are derived from the events: baseline up to the
-first deploy, incident up to the first remediation, recovery after the last one.
+first deploy, incident up to the first remediation, recovery after the last one. The run's own record of
+what it did (``plan.json``, ``remediation.json``, its audit log) is kept in the bundle as the snapshots
+``recorded_run_plan``, ``recorded_run_remediation`` and ``recorded_run_audit`` (``recorded_run/``), its
+folders written as ``${RUNBOOK_LAB_DIR}`` / ``<run folder>``: a fixture run, which can change nothing, shows
+what was applied when the incident was live, approved by whom and with what measured effect.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -42,7 +47,14 @@ from runbook_lib.sources import pg_statistics as pg_stats
 from runbook_lib.sources import redis_snapshot as redis_stats
 from runbook_lib.sources.app_config_file import read_app_config
 from runbook_lib.sources.events import read_events_file
-from runbook_lib.sources.fixture_bundle import FixtureBundle, Manifest
+from runbook_lib.sources.fixture_bundle import (
+    RECORDED_RUN_AUDIT,
+    RECORDED_RUN_PLAN,
+    RECORDED_RUN_REMEDIATION,
+    FixtureBundle,
+    Manifest,
+    SnapshotRef,
+)
 from runbook_lib.sources.prometheus import PrometheusSource
 from runbook_lib.sources.timeseries import Event
 from runbook_lib.suite import bundle_shape
@@ -87,6 +99,39 @@ def _events(events_file: Path | None, start: datetime, end: datetime, run: Path 
 def _event_entry(e: Event) -> dict:
     """An event as the manifest lists it."""
     return {"time": e.time.isoformat(), "label": e.label, "kind": e.kind}
+
+
+RECORDED_RUN_DIR = "recorded_run"
+# snapshot name -> (the run folder's file, the bundle's file)
+RECORDED_RUN_FILES = {RECORDED_RUN_PLAN: ("plan.json", "plan.json"),
+                      RECORDED_RUN_REMEDIATION: ("remediation.json", "remediation.json"),
+                      RECORDED_RUN_AUDIT: ("audit.jsonl", "audit.json")}
+
+
+def keep_recorded_run(bundle: Path, run: Path, folders: dict[str, str]) -> dict[str, SnapshotRef]:
+    """Copy the run's plan, outcomes and audit (as one JSON list) into ``bundle/recorded_run/``; every folder
+    of ``folders`` (path -> placeholder) is written as its placeholder. Returns the snapshot refs to list in
+    the manifest. The audit is redacted already (actions.audit); it is read with read_audit (a torn line
+    skipped)."""
+    if not audit_path(run).exists():
+        raise RecordError(f"{display_path(audit_path(run))} does not exist",
+                          hint="--run names a run folder of 'runbook run'")
+    docs = {RECORDED_RUN_AUDIT: read_audit(run).records}
+    for name, (src, _) in RECORDED_RUN_FILES.items():
+        if name not in docs and (run / src).exists():
+            docs[name] = json.loads((run / src).read_text())
+    # the longest folder first: the run folder may lie inside the lab's
+    order = sorted(((str(Path(k).resolve()), v) for k, v in folders.items() if k), key=lambda kv: -len(kv[0]))
+    (bundle / RECORDED_RUN_DIR).mkdir(parents=True, exist_ok=True)
+    refs = {}
+    for name, doc in docs.items():
+        text = json.dumps(doc, indent=1, default=str)
+        for folder, placeholder in order:
+            text = text.replace(folder, placeholder)
+        rel = f"{RECORDED_RUN_DIR}/{RECORDED_RUN_FILES[name][1]}"
+        (bundle / rel).write_text(text + "\n")
+        refs[name] = SnapshotRef(file=rel, description=f"the recording's runbook run: {RECORDED_RUN_FILES[name][0]}")
+    return refs
 
 
 def _run_events(run: Path) -> list[Event]:
@@ -249,6 +294,10 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
         events_file = getattr(settings.source, "events_file", None)
         events = _events(resolve_path(events_file) if events_file else None, start, end, Path(run) if run else None)
         events = sorted(events + _alert_events(settings, start, end), key=lambda e: e["time"])
+        refs = dict(snaps.refs)
+        if run:
+            lab_dir = os.environ.get("RUNBOOK_LAB_DIR", "")
+            refs.update(keep_recorded_run(tmp, Path(run), {str(run): "<run folder>", lab_dir: "${RUNBOOK_LAB_DIR}"}))
         manifest = Manifest(
             id=out.name, title=settings.incident.title,
             description=f"Recorded from {settings.source.url} ({settings.mode} mode), "
@@ -257,7 +306,7 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
                        f"--to {end.isoformat()}"
                        + (f", snapshots at {snap_start.isoformat()} and {snap_end.isoformat()}" if snapshots_at else "")
                        + (f", events of run {display_path(run)}" if run else ""),
-            step_seconds=settings.window.step_seconds, events=events, snapshots=snaps.refs,
+            step_seconds=settings.window.step_seconds, events=events, snapshots=refs,
             phases=phases_from_events(events, start, end))
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", exclude_defaults=False),
                                                         sort_keys=False))
