@@ -86,17 +86,26 @@ def _clean_floats(obj: Any) -> Any:
     return obj
 
 
+def write_atomic(path: str | Path, data: str | bytes, fsync: bool = False) -> Path:
+    """Write a whole file by temp file + rename: a reader sees the old file or the new one, never half of
+    either. The temp name carries the PID (two processes writing the same file do not share a temp file);
+    ``fsync``: the bytes are on disk before the rename (a run's records survive a crash)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
 def write_json(path: Path, data: Any) -> Path:
     """Atomic, redacted, deterministic JSON."""
     text = json.dumps(redact(_clean_floats(json.loads(json.dumps(data, default=_default)))), indent=2,
                       sort_keys=False, ensure_ascii=False)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, text + "\n", fsync=True)
 
 
 def read_json(run_dir: Path, name: str) -> Any:

@@ -22,7 +22,6 @@ so the charts show it.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +46,7 @@ from runbook_lib.model import (
     knob_types,
     knob_value,
 )
+from runbook_lib.run_folder import write_atomic
 from runbook_lib.settings import resolve_path
 from runbook_lib.sources.app_config_file import knobs_from_dict, read_app_config
 from runbook_lib.sources.events import append_event
@@ -79,10 +79,7 @@ def kubectl_patch(configmap: str, patch: dict[str, Any]) -> str:
 
 def write_app_config(path: str | Path, knobs: AppKnobs) -> None:
     """Write the whole knobs object atomically (temp file + rename): a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(knobs.as_dict(), indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(knobs.as_dict(), indent=2) + "\n")
 
 
 def patch_app_config(path: str | Path, changes: dict[str, Any]) -> AppKnobs:

@@ -45,7 +45,7 @@ from runbook_lib.actions.targets import Targets
 from runbook_lib.errors import RunbookError, TargetUnreachable
 from runbook_lib.model import Outcome
 from runbook_lib.redaction import redact, redact_text
-from runbook_lib.run_folder import PARAMETERS_FILE
+from runbook_lib.run_folder import PARAMETERS_FILE, write_atomic
 from runbook_lib.settings import Settings
 from runbook_lib.signal_catalog import CATALOG
 
@@ -197,10 +197,7 @@ def ensure_parameters_file(run_dir: Path, settings: Settings) -> Path:
     invalid YAML."""
     path = run_dir / PARAMETERS_FILE
     if not path.exists():
-        data = settings.model_dump(mode="json", exclude_none=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-        tmp.replace(path)
+        write_atomic(path, yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True), sort_keys=False))
     return path
 
 

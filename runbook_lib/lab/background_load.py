@@ -15,6 +15,7 @@ from pathlib import Path
 
 from runbook_lib.lab.lab_errors import LabError
 from runbook_lib.lab.servers import cmdline, kill_pid, pid_alive
+from runbook_lib.run_folder import write_atomic
 
 LOAD_DIR = "load"
 LOAD_FILE = "load.json"
@@ -69,7 +70,5 @@ def start_background_load(state: Path, args: list[str], duration_s: float) -> di
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     info = {"pid": proc.pid, "started_at": now.isoformat(timespec="seconds"),
             "until": (now + timedelta(seconds=duration_s)).isoformat(timespec="seconds"), "argv": argv[3:]}
-    tmp = folder / f".{LOAD_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(_load_file(state))
+    write_atomic(_load_file(state), json.dumps(info, indent=2))
     return info

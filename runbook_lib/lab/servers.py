@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runbook_lib.lab.lab_errors import ServiceError
-from runbook_lib.run_folder import process_alive
+from runbook_lib.run_folder import process_alive, write_atomic
 
 # Bounded waits (seconds). PostgreSQL starts in ~0.1 s and initdb takes ~0.4 s on these machines;
 # Prometheus is ready in <0.1 s but its first scrape lands 5-6 s after start (target-sync throttle).
@@ -135,9 +135,7 @@ class _Server:
     def _write_info(self) -> None:
         assert self.pid is not None
         info = ServerInfo(self.kind, self.port, self.pid, str(self.folder), self.url)
-        tmp = self.info_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info.as_dict(), indent=2))
-        tmp.replace(self.info_file)
+        write_atomic(self.info_file, json.dumps(info.as_dict(), indent=2))
 
     @property
     def url(self) -> str:

@@ -58,6 +58,7 @@ from runbook_lib.lab.servers import (
     wait_until,
 )
 from runbook_lib.lab.supervisor import BACKEND_DIR, BACKEND_FILE, TARGETS_FILE, stop_backend
+from runbook_lib.run_folder import write_atomic
 
 LAB_FILE = "lab.json"
 # Where the lab lives without $RUNBOOK_LAB_DIR: parameters/lab.yaml names the same folder.
@@ -124,9 +125,7 @@ def read_lab(state: Path | None = None) -> dict:
 
 
 def _write_lab(state: Path, info: dict) -> None:
-    tmp = state / f".{LAB_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(state / LAB_FILE)
+    write_atomic(state / LAB_FILE, json.dumps(info, indent=2))
 
 
 def status(state: Path | None = None) -> dict:

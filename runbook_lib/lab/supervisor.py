@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from runbook_lib.lab.config import CONFIG_FILE, POLL_INTERVAL_S, ConfigWatcher
 from runbook_lib.lab.servers import free_port, kill_pid
+from runbook_lib.run_folder import write_atomic
 
 BACKEND_DIR = "backend"
 BACKEND_FILE = "backend.json"
@@ -59,9 +60,7 @@ class NodeCollector:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2))
 
 
 class Supervisor:

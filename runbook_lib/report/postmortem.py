@@ -36,7 +36,7 @@ from runbook_lib.actions.audit import read_audit
 from runbook_lib.errors import ExportError, RunbookError
 from runbook_lib.redaction import redact, redact_text
 from runbook_lib.report import static_export
-from runbook_lib.run_folder import FIGURES_DIR, PARAMETERS_FILE, incomplete_reason, run_status
+from runbook_lib.run_folder import FIGURES_DIR, PARAMETERS_FILE, incomplete_reason, run_status, write_atomic
 from runbook_lib.signal_catalog import CATALOG, PRIMARY_SIGNAL
 
 MD_FILE, HTML_FILE, PDF_FILE = "postmortem.md", "postmortem.html", "postmortem.pdf"
@@ -845,10 +845,7 @@ def _fill(text: str, payloads: dict[str, str]) -> str:
 
 
 def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_atomic(path, text)
 
 
 def export_run(run_dir: Path, interactive: bool = False, templates: Path | None = None) -> list[Path]:

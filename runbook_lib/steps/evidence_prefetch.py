@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from runbook_lib.run_folder import process_alive
+from runbook_lib.run_folder import process_alive, write_atomic
 from runbook_lib.settings import Settings
 from runbook_lib.steps.evidence import LIVE_WINDOW_S, LiveWindow, collect_window
 
@@ -42,7 +42,7 @@ class Prefetch:
         self.run_dir, self.window_s = run_dir, window_s
         self._discarded = threading.Event()
         pending = {"pid": os.getpid(), "closes_at": time.time() + window_s, "window_s": window_s}
-        _write(run_dir / PENDING_FILE, json.dumps(pending).encode())
+        write_atomic(run_dir / PENDING_FILE, json.dumps(pending).encode())
         self.thread = threading.Thread(target=self._take, args=(settings,), name="evidence-window", daemon=True)
         self.thread.start()
 
@@ -52,7 +52,7 @@ class Prefetch:
         except Exception as err:  # noqa: BLE001 - any failure: 02 then takes its own window and reports it
             raw = LiveWindow(self.window_s, missing=[f"evidence window opened by the run: {type(err).__name__}"])
         if not self._discarded.is_set():
-            _write(self.run_dir / PREFETCH_FILE, pickle.dumps(raw))
+            write_atomic(self.run_dir / PREFETCH_FILE, pickle.dumps(raw))
         (self.run_dir / PENDING_FILE).unlink(missing_ok=True)
 
     def discard(self) -> None:
@@ -62,10 +62,6 @@ class Prefetch:
             (self.run_dir / name).unlink(missing_ok=True)
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def _pending(run_dir: Path) -> dict | None:
