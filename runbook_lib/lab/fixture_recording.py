@@ -79,6 +79,21 @@ def _commit() -> str:
     return head + (" with uncommitted changes" if dirty else "")
 
 
+def placeholders(state: Path, run_dir: Path, lab: dict) -> dict[str, str]:
+    """What the bundle's copy of the recording run writes instead of this machine's folders and the private
+    lab's free ports (``lab`` is the lab's lab.json): a reader of the bundle gets nothing of the recording
+    machine, and a placeholder says what stood there."""
+    out = {str(run_dir): "<run folder>", str(state): "${RUNBOOK_LAB_DIR}"}
+    for kind, key in (("postgres", "dsn"), ("redis", "redis_url"), ("backend", "backend_url"),
+                      ("prometheus", "prometheus_url")):
+        hostport = str(lab.get(key) or "").split("//", 1)[-1].split("@", 1)[-1].split("/", 1)[0]
+        if ":" in hostport:
+            out[hostport] = f"<lab {kind}>"
+            if kind == "postgres":
+                out[f"port={hostport.rsplit(':', 1)[1]}"] = "port=<lab postgres port>"
+    return out
+
+
 def describe(bundle: FixtureBundle) -> str:
     """Baseline / incident / recovery medians of the recording, in one paragraph (its own figures)."""
     from runbook_lib.suite.bundle_shape import phase_median
@@ -120,6 +135,7 @@ def record_fixture(out: Path, scale: float = 1.0, baseline_s: float = BASELINE_S
         stack.up(state, scale=scale, ports="free")
         params = work / "lab.yaml"
         params.write_text(stack.parameters_for((project_root() / "parameters" / "lab.yaml").read_text(), state))
+        commit = _commit()  # the code that records, taken now: commits made during the recording are not it
         start = datetime.now(UTC).replace(microsecond=0)
         deploy = start + timedelta(seconds=baseline_s)
         end = deploy + timedelta(seconds=incident_s + recovery_s)
@@ -131,7 +147,8 @@ def record_fixture(out: Path, scale: float = 1.0, baseline_s: float = BASELINE_S
         def _record():
             try:
                 result["bundle"] = recorder.record(params, start, end, recorded, snaps, run=run_dir, shape="d2",
-                                                   max_wait_s=(end - start).total_seconds() + 60)
+                                                   max_wait_s=(end - start).total_seconds() + 60,
+                                                   placeholders=placeholders(state, run_dir, stack.read_lab(state)))
             except BaseException as err:  # noqa: BLE001 - handed to the main thread
                 result["error"] = err
 
@@ -157,7 +174,7 @@ def record_fixture(out: Path, scale: float = 1.0, baseline_s: float = BASELINE_S
             raise err
         if "bundle" not in result:
             raise LabError("the recorder did not finish", hint=f"see {work}")
-        _stamp(recorded, start, end, scale, baseline_s, incident_s, recovery_s)
+        _stamp(recorded, commit, start, end, scale, baseline_s, incident_s, recovery_s)
         _replace(recorded, out)
         say(f"wrote {display_path(out)}; next: .venv/bin/python -m runbook_lib.suite.golden (the golden notebooks)")
         return out
@@ -175,8 +192,8 @@ def record_fixture(out: Path, scale: float = 1.0, baseline_s: float = BASELINE_S
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _stamp(folder: Path, start: datetime, end: datetime, scale: float, baseline_s: float, incident_s: float,
-           recovery_s: float) -> None:
+def _stamp(folder: Path, commit: str, start: datetime, end: datetime, scale: float, baseline_s: float,
+           incident_s: float, recovery_s: float) -> None:
     import yaml
 
     from runbook_lib.sources.fixture_bundle import FixtureBundle
@@ -187,13 +204,14 @@ def _stamp(folder: Path, start: datetime, end: datetime, scale: float, baseline_
     manifest["description"] = describe(FixtureBundle(folder))
     manifest["provenance"] = (
         f"recorded by `runbook lab record-fixture` (runbook_lib/lab/fixture_recording.py) on "
-        f"{start:%Y-%m-%d} {start:%H:%M:%S}..{end:%H:%M:%S} UTC, commit {_commit()}, {platform.system()} "
+        f"{start:%Y-%m-%d} {start:%H:%M:%S}..{end:%H:%M:%S} UTC, commit {commit}, {platform.system()} "
         f"{platform.release()}, {os.cpu_count()} cores: lab scale {scale:g} (runbook lab up --ports free), runbook "
         f"lab load --baseline {baseline_s:g} --incident {incident_s:g} at {INCIDENT_RATE:g} req/s, runbook record "
         f"--shape d2 over the whole window (signals: Prometheus query_range at parameters/lab.yaml's queries and "
         f"step; snapshots during the incident; events: the lab's deploy, the run's applied changes, Prometheus's "
         f"alerts), runbook run -p parameters/lab.yaml (apply: true, nice {RUN_NICENESS}) when the incident phase returned, "
-        f"{recovery_s:g} s of recovery from then. Nothing was edited by hand.")
+        f"{recovery_s:g} s of recovery from then; that run's plan, outcomes and audit kept in recorded_run/ (this "
+        f"machine's folders and the lab's free ports as placeholders). Nothing was edited by hand.")
     manifest_file.write_text(yaml.safe_dump(manifest, sort_keys=False, width=115))
     FixtureBundle(folder).check()
 

@@ -30,7 +30,6 @@ what was applied when the incident was live, approved by whom and with what meas
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -109,8 +108,8 @@ RECORDED_RUN_FILES = {RECORDED_RUN_PLAN: ("plan.json", "plan.json"),
 
 
 def keep_recorded_run(bundle: Path, run: Path, folders: dict[str, str]) -> dict[str, SnapshotRef]:
-    """Copy the run's plan, outcomes and audit (as one JSON list) into ``bundle/recorded_run/``; every folder
-    of ``folders`` (path -> placeholder) is written as its placeholder. Returns the snapshot refs to list in
+    """Copy the run's plan, outcomes and audit (as one JSON list) into ``bundle/recorded_run/``; every text
+    of ``folders`` (a folder, a host:port -> placeholder) is written as its placeholder. Returns the snapshot refs to list in
     the manifest. The audit is redacted already (actions.audit); it is read with read_audit (a torn line
     skipped)."""
     if not audit_path(run).exists():
@@ -120,8 +119,8 @@ def keep_recorded_run(bundle: Path, run: Path, folders: dict[str, str]) -> dict[
     for name, (src, _) in RECORDED_RUN_FILES.items():
         if name not in docs and (run / src).exists():
             docs[name] = json.loads((run / src).read_text())
-    # the longest folder first: the run folder may lie inside the lab's
-    order = sorted(((str(Path(k).resolve()), v) for k, v in folders.items() if k), key=lambda kv: -len(kv[0]))
+    # the longest text first: the run folder may lie inside the lab's
+    order = sorted(((k, v) for k, v in folders.items() if k), key=lambda kv: -len(kv[0]))
     (bundle / RECORDED_RUN_DIR).mkdir(parents=True, exist_ok=True)
     refs = {}
     for name, doc in docs.items():
@@ -261,13 +260,16 @@ def _signals(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame
 
 def record(parameters: str | Path, start: datetime, end: datetime, out: str | Path,
            snapshots_at: tuple[datetime, datetime] | None = None, run: Path | None = None,
-           key_sample: int = REDIS_KEY_SAMPLE, max_wait_s: float = MAX_WAIT_S, shape: str | None = None) -> Path:
+           key_sample: int = REDIS_KEY_SAMPLE, max_wait_s: float = MAX_WAIT_S, shape: str | None = None,
+           placeholders: dict[str, str] | None = None) -> Path:
     """Record a bundle into ``out`` (refused if it exists and is not empty). Returns the bundle folder.
 
     ``snapshots_at=(t0, t1)``: take the ``.start`` snapshots at t0 and the ``.end`` ones at t1 instead of
     at ``start`` and ``end`` (``start <= t0 < t1 <= end``). ``run``: see the module's docstring. ``shape``
     ("d2"): refuse a recording that is not that incident's shape (``bundle_shape``); it is kept beside ``out``
-    as ``.<name>.rejected`` for a look, never as the bundle.
+    as ``.<name>.rejected`` for a look, never as the bundle. ``placeholders`` (text -> placeholder): what the
+    bundle's copy of the run writes instead of the run folder (always) and of these texts (a private lab's
+    folder and ports: ``lab.fixture_recording.placeholders``).
     """
     if shape is not None and shape not in bundle_shape.SHAPES:
         raise RecordError(f"unknown shape {shape!r}", hint=f"one of: {', '.join(bundle_shape.SHAPES)}")
@@ -296,8 +298,7 @@ def record(parameters: str | Path, start: datetime, end: datetime, out: str | Pa
         events = sorted(events + _alert_events(settings, start, end), key=lambda e: e["time"])
         refs = dict(snaps.refs)
         if run:
-            lab_dir = os.environ.get("RUNBOOK_LAB_DIR", "")
-            refs.update(keep_recorded_run(tmp, Path(run), {str(run): "<run folder>", lab_dir: "${RUNBOOK_LAB_DIR}"}))
+            refs.update(keep_recorded_run(tmp, Path(run), {str(run): "<run folder>", **(placeholders or {})}))
         manifest = Manifest(
             id=out.name, title=settings.incident.title,
             description=f"Recorded from {settings.source.url} ({settings.mode} mode), "

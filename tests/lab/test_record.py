@@ -65,8 +65,11 @@ def test_phases_and_events_are_in_order(src):
     assert _phase(src, "recovery")[1] - _phase(src, "recovery")[0] >= pd.Timedelta("5min")
     events = src.events()
     assert [e.time for e in events] == sorted(e.time for e in events)
-    deploy, *fixes = events
+    assert {e.kind for e in events} == {"deploy", "remediation", "alert"}
+    deploy, *fixes = [e for e in events if e.kind != "alert"]
     assert deploy.kind == "deploy" and fixes and {e.kind for e in fixes} == {"remediation"}
+    alerts = [e.label for e in events if e.kind == "alert"]
+    assert any(a.endswith(" firing") for a in alerts) and any(a.endswith(" resolved") for a in alerts), alerts
     assert all(e.label.startswith("runbook: ") for e in fixes), "the fixes are the runbook run's own changes"
     fix = fixes[0]
     assert deploy.time == _phase(src, "incident")[0] and fix.time == _phase(src, "incident")[1]
@@ -90,3 +93,21 @@ def test_incident_window_on_p95_overlaps_the_degraded_phase(src):
     lo, hi = _phase(src, "incident")
     assert w.incident[0] < hi and w.incident[1] > lo
     assert w.incident_level > w.baseline_level
+
+
+def test_the_recording_run_is_kept_with_its_approvals_and_no_machine_path(src):
+    """What the runbook applied when the incident was live, for fixture mode to show: approved (by the lab's
+    parameters), applied, judged; no folder of the recording machine anywhere in the bundle."""
+    kept = src.bundle.recorded_run()
+    assert kept is not None and kept["plan"] and kept["remediation"]["apply"] is True
+    applied = set(kept["remediation"]["applied"])
+    steps = {(r["step"], r.get("action_id")) for r in kept["audit"]}
+    for action in applied:
+        assert {("approved", action), ("applied", action)} <= steps, action
+    approvals = [r for r in kept["audit"] if r["step"] == "approved"]
+    assert approvals and all(r["approved_by"] == "lab" and r["change_ticket"] == "LAB" for r in approvals)
+    assert any(r["step"] == "assessed" for r in kept["audit"]), "each change's measured effect"
+    for f in BUNDLE.rglob("*"):
+        if f.is_file():
+            text = f.read_text()
+            assert "/tmp/" not in text and "/work/" not in text and "None" not in text, f
