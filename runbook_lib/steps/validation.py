@@ -108,7 +108,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
                      "n (effective)": f"{r['n_after']} ({r['n_eff']:.0f})" if pd.notna(r["n_eff"]) else str(r["n_after"]),
                      "p (Mann-Whitney)": "-" if pd.isna(r["p_value"]) else f"{r['p_value']:.2g}",
                      "SLO": _slo_cell(r), "verdict": r["verdict"],
-                     "passes": "-" if r["change"] == judge.NO_DATA else ("yes" if r["passed"] else "NO")})
+                     "passes": "-" if r["change"] == judge.NO_DATA or r["expect"] == judge.REPORT else
+                     ("yes" if r["passed"] else "NO")})
     return pd.DataFrame(rows)
 
 

@@ -8,7 +8,8 @@ incident's own onset settles too: its first SETTLE_AFTER_CHANGE (the ramp after 
 two are matched: the same number of samples, the last ``L`` of the incident and the first ``L`` after, with
 ``L`` the shorter of the two (at least MIN_SAMPLES). ``baseline`` (before the incident) only decides which
 signals the incident hit (before worse than baseline by more than the band; the primary signal always), i.e.
-which ones the fix must *improve*; the others must merely not get worse.
+which ones the fix must *improve*; the others must merely not get worse. Settings (``CONFIGURED``: the pool
+maximum) are shown, never judged.
 
 **Per signal** (Kayenta's ``MannWhitneyClassifier``, see /work/shared/reference/domain-techniques.md §5):
 
@@ -134,6 +135,12 @@ TOLERANCE: dict[str, Band] = {
 CRITICAL = ("latency_p95_ms", "latency_p99_ms", "error_ratio")
 # Weights in the score (Kayenta weighs groups; we weigh signals): critical 3, other SLO signals 2, the rest 1.
 WEIGHT_CRITICAL, WEIGHT_SLO, WEIGHT_OTHER = 3.0, 2.0, 1.0
+# Settings, not outcomes: the configured pool maximum is shown before and after (a fix may raise it, or fix the
+# pool another way: a timeout, a breaker, fewer queries) but neither "improves" nor fails; weight 0. The lab's
+# deploy lowers it 10 -> 4, so the rule "the incident moved it, the fix must improve it" called a fix that
+# drained the pool (connections in use 4 -> 0, 5xx 16 % -> 0) "not improved" (the 2026-12-08 recording).
+CONFIGURED = ("db_pool_max",)
+REPORT = "report"  # a CONFIGURED signal's expectation
 # Kayenta's score thresholds (json-formats.md, scoreThresholds): pass >= 95, marginal >= 75.
 PASS_SCORE, MARGINAL_SCORE = 95.0, 75.0
 
@@ -310,6 +317,8 @@ def _hit(name: str, baseline: pd.Series, before_level: float) -> bool:
 
 
 def weight(name: str, slo_signals) -> float:
+    if name in CONFIGURED:
+        return 0.0
     return WEIGHT_CRITICAL if name in CRITICAL else WEIGHT_SLO if name in slo_signals else WEIGHT_OTHER
 
 
@@ -325,7 +334,8 @@ def judge_signal(name: str, before: pd.Series, after: pd.Series, baseline: pd.Se
            "before": float(np.median(b)) if len(b) else np.nan, "after": float(np.median(a)) if len(a) else np.nan,
            "n_before": len(b), "n_after": len(a)}
     row["after/before"] = row["after"] / row["before"] if row["before"] else np.nan
-    row["expect"] = "improve" if len(b) and _hit(name, base, row["before"]) else "hold"
+    row["expect"] = (REPORT if name in CONFIGURED else
+                     "improve" if len(b) and _hit(name, base, row["before"]) else "hold")
     row["target"] = f"{target[0]} {target[1]:g}" if target else "-"
     row["slo_op"], row["slo_target"] = target if target else ("", np.nan)
     if min(len(b), len(a)) < MIN_SAMPLES:
@@ -338,7 +348,8 @@ def judge_signal(name: str, before: pd.Series, after: pd.Series, baseline: pd.Se
                p_value=mann_whitney_p(b, a, infl), change=classify(lo, hi, band, CATALOG[name].higher_is_worse))
     row["after_lo"], row["after_hi"], row["after_ci_exact"] = median_ci(a, autocorrelation_time(a))
     row["slo"] = slo_status(row["after"], row["after_lo"], row["after_hi"], *target) if target else "-"
-    ok_change = row["change"] == BETTER if row["expect"] == "improve" else row["change"] != WORSE
+    ok_change = (row["change"] == BETTER if row["expect"] == "improve" else
+                 row["change"] != WORSE or row["expect"] == REPORT)
     row["passed"] = bool(ok_change and row["slo"] != MISSED)
     row["verdict"] = _signal_verdict(row)
     return row
@@ -353,6 +364,8 @@ def _unjudged(n_after: int) -> dict:
 
 def _signal_verdict(row: dict) -> str:
     change = row["change"]
+    if row["expect"] == REPORT:
+        return f"a setting, not judged ({change})"
     if row["expect"] == "improve":
         change = "improved" if change == BETTER else "not improved" if change != WORSE else "worse"
     elif change == BETTER:
@@ -453,7 +466,7 @@ def _pass_reason(table: pd.DataFrame) -> str:
     if PRIMARY_SIGNAL in table.index and table.loc[PRIMARY_SIGNAL, "change"] != NO_DATA:
         r = table.loc[PRIMARY_SIGNAL]
         text += (f" ({r['label']} {_num(r['before'], r['unit'])} -> {_num(r['after'], r['unit'])}, shift "
-                 f"{_ci(r['shift_lo'], r['shift_hi'], r['unit'])})")
+                 f"{_ci(r['shift_lo'], r['shift_hi'], r['unit'], r['shift_ci_exact'])})")
     return text
 
 

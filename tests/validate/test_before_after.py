@@ -91,6 +91,18 @@ def test_a_fix_that_did_not_help_fails_naming_the_signal():
     assert table.loc["latency_p95_ms", "change"] in ("no change", "inconclusive")
 
 
+def test_a_setting_the_deploy_lowered_is_shown_not_judged():
+    """The deploy lowered the pool maximum 20 -> 4 and the fix drained the pool another way: the pool size is
+    reported ("a setting"), weighs nothing, and the fix passes."""
+    df, spans = incident({**FIXED, "db_pool_max": (20.0, 4.0, 4.0)})
+    table = ba.compare(df, spans["baseline"], spans["before"], spans["after"], Slo())
+    row = table.loc["db_pool_max"]
+    assert row["expect"] == "report" and row["passed"] and row["weight"] == 0
+    assert row["verdict"].startswith("a setting, not judged")
+    assert ba.overall(table)["outcome"] == "pass"
+    assert validation.display_table(table).set_index("signal").loc["DB pool size", "passes"] == "-"
+
+
 def test_a_failing_critical_signal_overrides_good_others():
     _, v = judged(with_after(latency_p99_ms=3000.0))  # p99 worse than during the incident; all else fixed
     assert v["critical_failing"] == ["latency_p99_ms"] and v["failing"] == ["latency_p99_ms"]
