@@ -536,4 +536,6 @@ def writeup_claims(table: pd.DataFrame) -> pd.DataFrame:
                      "measured before": np.nan if m is None else m["before"],
                      "measured after": np.nan if m is None else m["after"],
                      "measured after/before": measured, "holds here": claim_holds(c.ratio, measured)})
-    return pd.DataFrame(rows).set_index("claim")
+    frame = pd.DataFrame(rows).set_index("claim")
+    frame["holds here"] = pd.Series([r["holds here"] for r in rows], index=frame.index, dtype=object)  # True/False/None
+    return frame

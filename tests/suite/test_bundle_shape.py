@@ -4,7 +4,6 @@ healthy baseline) is named, and only that one."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -78,15 +77,19 @@ def test_a_short_recovery_is_named(tmp_path):
     assert any(p.endswith("of recovery after the last change, less than 300 s") for p in found), found
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: fixtures/d2-latency was recorded before the lab had 5xx from "
-                                       "pool exhaustion and alert rules; re-recording it with --shape d2 fixes this")
 def test_the_bundled_incident_has_the_d2_shape():
+    """Re-recorded by `runbook lab record-fixture` (issue 18): every symptom, the fixes, alerts, the recovery."""
     assert bundle_shape.problems(FixtureBundle(ROOT / "fixtures" / "d2-latency"), SLO) == []
 
 
+def _without_5xx(df):
+    df["error_ratio"] = 0.0
+    return df
+
+
 def test_the_recorder_refuses_an_off_shape_recording_and_keeps_it_aside(tmp_path):
-    tmp = tmp_path / ".b.recording"
-    shutil.copytree(ROOT / "fixtures" / "d2-latency", tmp)
+    """The bundled incident without its 5xx (as it was before the re-recording) is refused and kept aside."""
+    tmp = edited_copy(ROOT / "fixtures" / "d2-latency", tmp_path / ".b.recording", signals=_without_5xx)
     out = tmp_path / "b"
     settings = type("S", (), {"slo": SLO})()
     with pytest.raises(RecordError, match=r"not the D2 incident's shape.*5xx in the incident 0\.0%") as err:
