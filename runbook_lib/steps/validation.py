@@ -133,10 +133,12 @@ def claims_display(claims: pd.DataFrame) -> pd.DataFrame:
 
 
 def judge_sentence(verdict: dict, table: pd.DataFrame) -> str:
-    judged = table[table["change"] != judge.NO_DATA]
+    judged = table[(table["change"] != judge.NO_DATA) & (table["expect"] != judge.REPORT)]
+    settings = int((table["expect"] == judge.REPORT).sum())
     if not verdict["validated"]:
         return f"**Nothing judged yet:** {verdict['reason']}."
-    return (f"**{int(judged['passed'].sum())} of {len(judged)} signals pass** (score {verdict['score']:.0f}/100). "
+    return (f"**{int(judged['passed'].sum())} of {len(judged)} signals pass** (score {verdict['score']:.0f}/100"
+            + (f"; {settings} setting{'s' if settings > 1 else ''} shown, not judged" if settings else "") + "). "
             f"Verdict **{verdict['outcome']}**: {verdict['reason']}.")
 
 
