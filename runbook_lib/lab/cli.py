@@ -227,9 +227,11 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("record-fixture", help="re-record the bundled incident from a private lab (~30 min)",
                        description="A private lab on free ports, the incident scenario, `runbook run` applying its "
-                                   "fixes, the recovery, all recorded by `runbook record --shape d2`; the bundle is "
-                                   "replaced only when the recording has the D2 incident's shape (else it is kept "
-                                   "as .<out>.rejected). Run it on a quiet machine.")
+                                   "fixes (at nice 10, as if run from another machine), the recovery, all recorded by "
+                                   "`runbook record --shape d2`, which also keeps that run's plan, outcomes and audit "
+                                   "in the bundle; the bundle is replaced only when the recording has the D2 "
+                                   "incident's shape (else it is kept as .<out>.rejected). Run it on a quiet machine: "
+                                   "afterwards, regenerate the golden notebooks (python -m runbook_lib.suite.golden).")
     p.add_argument("--out", default="fixtures/d2-latency", help="bundle folder to (re)write (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0, help="lab data size (default: %(default)s)")
     p.add_argument("--baseline", type=float, default=fr.BASELINE_S, help="seconds (default: %(default)g)")
