@@ -549,6 +549,8 @@ def _validation(validation: dict | None) -> dict:
     text = humanize(str(d.get("verdict") if d else v or "no verdict recorded"))
     reason = d.get("reason") or validation.get("reason")
     reason = humanize(str(reason)) if reason else None
+    if reason:  # a sentence of its own after the verdict: "pass (score 100/100). Every critical signal ..."
+        reason = reason[0].upper() + reason[1:]
     headline = humanize(str(d["outcome"])) if d.get("outcome") and reason else text
     if reason and headline != text and not text.startswith(headline):
         headline = text  # an outcome word that the sentence does not start with: keep the sentence

@@ -235,7 +235,7 @@ def test_the_fixture_postmortem_is_in_words(run):
     assert len(rows) >= 4 and "<lab redis>" in live and "Index orders(user_id, created_at)" in live, live
     assert "the runbook's own run applied" in summary
     verdict = prose.split("## Validation", 1)[1]
-    assert verdict.lstrip().startswith("**pass** (score 100/100). every critical signal improved"), verdict[:300]
+    assert verdict.lstrip().startswith("**pass** (score 100/100). Every critical signal improved"), verdict[:300]
     items = prose.split("## Action items", 1)[1]
     assert "| Index orders(user_id, created_at) | database team (unassigned) | short-term |" in items
     assert "| Batch the per-item query into one JOIN / IN (...) query | database team (unassigned) | long-term |" in items
