@@ -29,6 +29,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from runbook_lib.errors import RecordError, RunbookError
 from runbook_lib.lab.lab_errors import LabError
@@ -86,11 +87,11 @@ def placeholders(state: Path, run_dir: Path, lab: dict) -> dict[str, str]:
     out = {str(run_dir): "<run folder>", str(state): "${RUNBOOK_LAB_DIR}"}
     for kind, key in (("postgres", "dsn"), ("redis", "redis_url"), ("backend", "backend_url"),
                       ("prometheus", "prometheus_url")):
-        hostport = str(lab.get(key) or "").split("//", 1)[-1].split("@", 1)[-1].split("/", 1)[0]
-        if ":" in hostport:
-            out[hostport] = f"<lab {kind}>"
+        url = urlsplit(str(lab.get(key) or ""))
+        if url.hostname and url.port:
+            out[f"{url.hostname}:{url.port}"] = f"<lab {kind}>"
             if kind == "postgres":
-                out[f"port={hostport.rsplit(':', 1)[1]}"] = "port=<lab postgres port>"
+                out[f"port={url.port}"] = "port=<lab postgres port>"
     return out
 
 

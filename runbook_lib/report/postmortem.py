@@ -475,8 +475,10 @@ def _recorded_actions(params: dict) -> dict | None:
         return None
     if rec is None:
         return None
-    rows = _actions(rec["plan"], rec["remediation"], rec["audit"], str((rec["remediation"] or {}).get("mode", "lab")))
-    return {**rows, "rows": [r for r in rows["rows"] if not r["outcome"].startswith(("planned", "not executed"))]}
+    remediation = rec["remediation"] or {}
+    status = {o.get("id"): o.get("status") for o in remediation.get("outcomes", [])}
+    tried = [a for a in (rec["plan"] or {}).get("actions", []) if status.get(a["id"]) not in ("planned", "not executed")]
+    return _actions({"actions": tried}, remediation, rec["audit"], str(remediation.get("mode", "lab")))
 
 
 def _root_cause(findings: dict | None) -> dict:
@@ -846,10 +848,6 @@ def _fill(text: str, payloads: dict[str, str]) -> str:
     return text
 
 
-def _write(path: Path, text: str) -> Path:
-    return write_atomic(path, text)
-
-
 def export_run(run_dir: Path, interactive: bool = False, templates: Path | None = None) -> list[Path]:
     """Write postmortem.md (+ postmortem_charts/*.png), postmortem.html and postmortem.pdf; with ``interactive``
     also postmortem-interactive.html. Returns the files written. When the browser is missing or fails, the
@@ -869,14 +867,14 @@ def export_run(run_dir: Path, interactive: bool = False, templates: Path | None 
         failure = e
         for c in charts:
             c["error"] = f"chart not drawn: {e}"
-    written = [_write(run_dir / MD_FILE, render(MD_TEMPLATE, {**ctx, "charts": _charts_by_section(charts, "png"),
+    written = [write_atomic(run_dir / MD_FILE, render(MD_TEMPLATE, {**ctx, "charts": _charts_by_section(charts, "png"),
                                                               "plotlyjs": None}, templates))]
     if failure is None and charts:
         written.append(run_dir / CHARTS_DIR)
     uris = {} if failure is not None else {
         f"img:{c['name']}": "data:image/png;base64," + base64.b64encode((run_dir / c["png"]).read_bytes()).decode()
         for c in charts}
-    html = _write(run_dir / HTML_FILE, _fill(render(HTML_TEMPLATE, {**ctx, "charts": _charts_by_section(charts, "img"),
+    html = write_atomic(run_dir / HTML_FILE, _fill(render(HTML_TEMPLATE, {**ctx, "charts": _charts_by_section(charts, "img"),
                                                                     "plotlyjs": None}, templates), uris))
     written.append(html)
     if failure is not None:
@@ -890,6 +888,6 @@ def export_run(run_dir: Path, interactive: bool = False, templates: Path | None 
         payloads["plotlyjs"] = get_plotlyjs()
         page = render(HTML_TEMPLATE, {**ctx, "charts": _charts_by_section(charts, "div"),
                                       "plotlyjs": _slot("plotlyjs")}, templates)
-        written.append(_write(run_dir / INTERACTIVE_FILE, _fill(page, payloads)))
+        written.append(write_atomic(run_dir / INTERACTIVE_FILE, _fill(page, payloads)))
     return written
 

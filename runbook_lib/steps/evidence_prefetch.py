@@ -62,8 +62,6 @@ class Prefetch:
             (self.run_dir / name).unlink(missing_ok=True)
 
 
-
-
 def _pending(run_dir: Path) -> dict | None:
     try:
         return json.loads((run_dir / PENDING_FILE).read_text())

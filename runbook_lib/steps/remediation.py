@@ -178,7 +178,7 @@ def _verdict_counts(frame: pd.DataFrame) -> str:
 
 def effects_note(step, frame: pd.DataFrame) -> str:
     if step.settings.source.kind == "fixture":
-        if _recorded_run(step) is not None and not frame.empty:
+        if not frame.empty:  # a fixture run applies nothing: its effects can only be the recording run's
             return (f"**Concluded.** Measured live, when the incident was recorded: {_verdict_counts(frame)}. "
                     "These are the judgements of the bundle's own `runbook run` (apply: true) on the live lab; "
                     "this run replays the recording, which no change can reach, so it measures nothing itself.")
@@ -193,12 +193,11 @@ def effects_note(step, frame: pd.DataFrame) -> str:
 
 def outcomes_frame(outcomes: list[dict]) -> pd.DataFrame:
     """What happened to each action, in words: a dry run has nothing verified or measured ("-"), not None."""
-    frame = pd.DataFrame(outcomes).set_index("id")
+    frame = pd.DataFrame(outcomes).set_index("id").astype(object)
     for col in ("changed", "verified"):
         if col in frame:
-            frame[col] = frame[col].map(lambda v: "-" if v is None or v != v else "yes" if v is True else
-                                        "no" if v is False else v)
-    return frame.astype(object).where(frame.notna(), "-")
+            frame[col] = frame[col].map(lambda v: "yes" if v is True else "no" if v is False else v)
+    return frame.where(frame.notna(), "-")
 
 
 def payload(outcomes: list[dict], settings: Settings) -> dict:

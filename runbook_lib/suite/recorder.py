@@ -107,9 +107,9 @@ RECORDED_RUN_FILES = {RECORDED_RUN_PLAN: ("plan.json", "plan.json"),
                       RECORDED_RUN_AUDIT: ("audit.jsonl", "audit.json")}
 
 
-def keep_recorded_run(bundle: Path, run: Path, folders: dict[str, str]) -> dict[str, SnapshotRef]:
+def keep_recorded_run(bundle: Path, run: Path, placeholders: dict[str, str]) -> dict[str, SnapshotRef]:
     """Copy the run's plan, outcomes and audit (as one JSON list) into ``bundle/recorded_run/``; every text
-    of ``folders`` (a folder, a host:port -> placeholder) is written as its placeholder. Returns the snapshot refs to list in
+    of ``placeholders`` (a folder, a host:port -> placeholder) is written as its placeholder. Returns the snapshot refs to list in
     the manifest. The audit is redacted already (actions.audit); it is read with read_audit (a torn line
     skipped)."""
     if not audit_path(run).exists():
@@ -120,13 +120,13 @@ def keep_recorded_run(bundle: Path, run: Path, folders: dict[str, str]) -> dict[
         if name not in docs and (run / src).exists():
             docs[name] = json.loads((run / src).read_text())
     # the longest text first: the run folder may lie inside the lab's
-    order = sorted(((k, v) for k, v in folders.items() if k), key=lambda kv: -len(kv[0]))
+    order = sorted(((k, v) for k, v in placeholders.items() if k), key=lambda kv: -len(kv[0]))
     (bundle / RECORDED_RUN_DIR).mkdir(parents=True, exist_ok=True)
     refs = {}
     for name, doc in docs.items():
         text = json.dumps(doc, indent=1, default=str)
-        for folder, placeholder in order:
-            text = text.replace(folder, placeholder)
+        for original, placeholder in order:
+            text = text.replace(original, placeholder)
         rel = f"{RECORDED_RUN_DIR}/{RECORDED_RUN_FILES[name][1]}"
         (bundle / rel).write_text(text + "\n")
         refs[name] = SnapshotRef(file=rel, description=f"the recording's runbook run: {RECORDED_RUN_FILES[name][0]}")
